@@ -1,0 +1,161 @@
+"""Monte Carlo dropout prediction that runs the deterministic part once.
+
+The model is split at its first Dropout layer:
+
+    prefix = frozen base + head layers before the first Dropout   (runs on B images)
+    suffix = the first Dropout and everything after it            (runs on B*T rows)
+
+The prefix output is repeated T times and only the suffix is sampled. Every
+layer is called with `training=False` (BatchNormalization uses its moving
+statistics and never updates them); dropout is applied by multiplying with
+masks drawn here. Each image draws its masks from its own random stream, so
+an image's samples never depend on the other images in its batch, and a seed
+makes a call reproducible.
+
+`model(x, training=True)` is never used: in Keras 3 it would also put
+BatchNormalization on batch statistics and overwrite its moving averages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+from keras import ops
+
+from models.architecture import get_base, get_head
+
+
+def _split_index(layers: Sequence[keras.layers.Layer]) -> int:
+    """Index of the first Dropout layer, or len(layers) when there is none."""
+    for index, layer in enumerate(layers):
+        if isinstance(layer, keras.layers.Dropout):
+            return index
+    return len(layers)
+
+
+def _image_rngs(
+    batch: int, seed: int | None, image_seeds: Sequence[int] | None
+) -> list[np.random.Generator]:
+    """One random stream per image: from `image_seeds`, from (seed, index), or fresh."""
+    if image_seeds is not None:
+        if len(image_seeds) != batch:
+            raise ValueError(
+                f"Invalid value for `image_seeds`: expected {batch} seeds, "
+                f"received {len(image_seeds)}"
+            )
+        return [np.random.default_rng(int(s)) for s in image_seeds]
+    if seed is not None:
+        return [np.random.default_rng([int(seed), index]) for index in range(batch)]
+    return np.random.default_rng().spawn(batch)
+
+
+class MCDropoutPredictor:
+    """Samples class probabilities (B, T, C) from a model built by `build_model`."""
+
+    def __init__(self, model: keras.Model, batch_size: int = 32) -> None:
+        if batch_size < 1:
+            raise ValueError(
+                f"Invalid value for `batch_size`: expected >= 1, received batch_size={batch_size}"
+            )
+        self.model = model
+        self.batch_size = batch_size
+        layers = list(get_head(model).layers)
+        split = _split_index(layers)
+        self._base = get_base(model)
+        self._prefix = layers[:split]
+        self._suffix = layers[split:]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes the model predicts."""
+        return int(self.model.output.shape[-1])
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """The deterministic part (base + head up to the first Dropout), once per image."""
+        chunks = []
+        for start in range(0, len(images), self.batch_size):
+            x = self._base(images[start : start + self.batch_size], training=False)
+            for layer in self._prefix:
+                x = layer(x, training=False)
+            chunks.append(ops.convert_to_numpy(x))
+        return np.concatenate(chunks, axis=0)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """Deterministic probabilities (B, C): dropout off, identical to `model(x)`."""
+        chunks = [
+            ops.convert_to_numpy(self.model(images[start : start + self.batch_size], training=False))
+            for start in range(0, len(images), self.batch_size)
+        ]
+        return np.concatenate(chunks, axis=0)
+
+    def sample(
+        self,
+        images: np.ndarray,
+        samples: int,
+        seed: int | None = None,
+        image_seeds: Sequence[int] | None = None,
+    ) -> np.ndarray:
+        """T Monte Carlo dropout samples of the class probabilities, shaped (B, T, C).
+
+        `seed` makes the call reproducible (image i uses the stream (seed, i));
+        `image_seeds` gives each image its own seed, for callers that batch
+        several requests together.
+        """
+        if samples < 1:
+            raise ValueError(f"Invalid value for `samples`: expected >= 1, received samples={samples}")
+        features = self.features(images)  # (B, ...)
+        rngs = _image_rngs(len(images), seed, image_seeds)
+        return self.sample_from_features(features, samples, rngs)
+
+    def sample_from_features(
+        self, features: np.ndarray, samples: int, rngs: Sequence[np.random.Generator]
+    ) -> np.ndarray:
+        """Run the stochastic suffix on T copies of each image's features -> (B, T, C)."""
+        batch = features.shape[0]
+        chunk = max(1, self.batch_size * 8 // samples)
+        out = []
+        for start in range(0, batch, chunk):
+            part = features[start : start + chunk]  # (b, ...)
+            repeated = np.repeat(part, samples, axis=0)  # (b*T, ...), image-major
+            probs = self._run_suffix(repeated, samples, rngs[start : start + chunk])
+            out.append(probs.reshape(len(part), samples, -1))  # (b, T, C)
+        return np.concatenate(out, axis=0)
+
+    def _run_suffix(
+        self, x: np.ndarray, samples: int, rngs: Sequence[np.random.Generator]
+    ) -> np.ndarray:
+        """Suffix layers in inference mode; each Dropout becomes a per-image mask."""
+        tensor = ops.convert_to_tensor(x)
+        for layer in self._suffix:
+            if isinstance(layer, keras.layers.Dropout):
+                tensor = tensor * _dropout_masks(rngs, samples, tuple(tensor.shape[1:]), layer.rate)
+            else:
+                tensor = layer(tensor, training=False)
+        return ops.convert_to_numpy(tensor)
+
+
+def _dropout_masks(
+    rngs: Sequence[np.random.Generator], samples: int, shape: tuple[int, ...], rate: float
+) -> np.ndarray:
+    """Inverted-dropout masks (b*T, *shape): 0 with probability `rate`, else 1/(1-rate)."""
+    if rate == 0.0:
+        return np.ones((len(rngs) * samples, *shape), dtype="float32")
+    masks = [rng.random((samples, *shape), dtype=np.float32) >= rate for rng in rngs]
+    return np.concatenate(masks, axis=0).astype("float32") / np.float32(1.0 - rate)
+
+
+def naive_mc_samples(model: keras.Model, images: np.ndarray, samples: int) -> np.ndarray:
+    """Reference: T full forward passes, Keras' own Dropout on, BN in inference mode -> (B, T, C).
+
+    Costs T times a prediction; used to check and benchmark `MCDropoutPredictor`.
+    """
+    base, head = get_base(model), get_head(model)
+    passes = []
+    for _ in range(samples):
+        x = base(images, training=False)
+        for layer in head.layers:
+            x = layer(x, training=isinstance(layer, keras.layers.Dropout))
+        passes.append(ops.convert_to_numpy(x))
+    return np.stack(passes, axis=1)  # (B, T, C)
