@@ -31,7 +31,7 @@ class HeadConfig(Frozen):
     Monte Carlo predictor can be checked against the deterministic model.
     """
 
-    pooling: Pooling = "avg"
+    pooling: Pooling = "flatten"
     hidden_units: tuple[int, ...] = (256,)
     dropout_rates: tuple[float, ...] = (0.5,)
     input_dropout: float | None = None

@@ -80,6 +80,7 @@ def nll(samples: np.ndarray, labels: np.ndarray) -> float:
 def brier_score(probabilities: np.ndarray, labels: np.ndarray) -> float:
     """Multiclass Brier score, mean over images of sum_c (p_c - 1[y=c])^2 (range [0, 2])."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
+    probabilities = probabilities / probabilities.sum(axis=-1, keepdims=True)  # float32 round-off
     classes = np.arange(probabilities.shape[-1])
     return float(
         brier_score_loss(labels, probabilities, labels=classes, scale_by_half=False)

@@ -1,0 +1,50 @@
+"""Export to, and load from, the BentoML model store (a `.keras` file plus metadata)."""
+
+from __future__ import annotations
+
+import json
+import platform
+
+import bentoml
+import keras
+import tensorflow as tf
+
+from models.card import ModelCard
+
+MODEL_FILE = "model.keras"
+CONFIG_FILE = "model_card.json"
+
+
+def framework_versions() -> dict[str, str]:
+    """Versions recorded with a model, to tell what it was trained with."""
+    return {
+        "python": platform.python_version(),
+        "keras": keras.__version__,
+        "tensorflow": tf.__version__,
+        "bentoml": bentoml.__version__,
+    }
+
+
+def export_model(model: keras.Model, card: ModelCard, name: str) -> str:
+    """Save the model and its card into the model store; returns the tag."""
+    metadata = {
+        "card": card.model_dump_json(),  # whole card; metadata values may not be None
+        "class_names": list(card.class_names),
+        "input_shape": list(card.input_shape),
+        "mc_samples": card.mc_samples,
+        "metrics": dict(card.metrics),
+    }
+    labels = {"framework": "keras", "task": "image-classification", "uncertainty": "mc-dropout"}
+    with bentoml.models.create(name, labels=labels, metadata=metadata) as bento_model:
+        model.save(bento_model.path_of(MODEL_FILE))
+        with open(bento_model.path_of(CONFIG_FILE), "w") as handle:
+            json.dump(card.model_dump(mode="json"), handle, indent=2)
+    return str(bento_model.tag)
+
+
+def load_exported(tag: str) -> tuple[keras.Model, ModelCard]:
+    """A model from the store, loaded in Keras safe mode (no code runs from the file)."""
+    bento_model = bentoml.models.get(tag)
+    card = ModelCard.model_validate_json(bento_model.info.metadata["card"])
+    model = keras.saving.load_model(bento_model.path_of(MODEL_FILE), safe_mode=True, compile=False)
+    return model, card

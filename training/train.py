@@ -1,0 +1,145 @@
+"""Transfer learning as in Géron ch. 11: train the head on the frozen base, then
+optionally fine-tune the top conv blocks at a lower learning rate."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from models.architecture import build_model, get_base, get_head
+from models.backbone import unfreeze_top_blocks
+from models.config import ModelConfig
+from training.config import TrainConfig
+from training.data import Splits
+from training.features import base_features, image_pipeline
+from training.optimizers import build_optimizer, schedule_callbacks
+
+LOSS = "sparse_categorical_crossentropy"
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Records each epoch's wall time into the logs as `epoch_seconds`."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if logs is not None:
+            logs["epoch_seconds"] = time.perf_counter() - self._start
+
+
+@dataclass
+class History:
+    """Per-epoch logs of every phase, concatenated; `phases` marks where each starts."""
+
+    logs: dict[str, list[float]] = field(default_factory=dict)
+    phases: dict[str, int] = field(default_factory=dict)
+
+    def extend(self, phase: str, history: keras.callbacks.History) -> None:
+        """Append one `fit` call's history as a named phase."""
+        self.phases[phase] = len(self.logs.get("loss", []))
+        for key, values in history.history.items():
+            self.logs.setdefault(key, []).extend(float(v) for v in values)
+
+
+def _callbacks(config: TrainConfig, log_dir: Path | None) -> list[keras.callbacks.Callback]:
+    callbacks: list[keras.callbacks.Callback] = [EpochTimer(), *schedule_callbacks(config.optimizer)]
+    if config.early_stopping_patience is not None:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss",
+                patience=config.early_stopping_patience,
+                restore_best_weights=True,
+                verbose=1,
+            )
+        )
+    if log_dir is not None:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir)))
+    return callbacks
+
+
+def build_for(config: TrainConfig, num_classes: int) -> keras.Model:
+    """The model a run trains: frozen base (`config.base_weights`) plus the configured head."""
+    model_config = ModelConfig(
+        num_classes=num_classes, preprocessing=config.preprocessing, head=config.head
+    )
+    return build_model(model_config, config.base_weights)
+
+
+def fit_head(
+    model: keras.Model, splits: Splits, config: TrainConfig, log_dir: Path | None, verbose: int
+) -> keras.callbacks.History:
+    """Phase 1: only the head learns; the base stays frozen.
+
+    With `cache_features` the base runs once per image and the head trains on
+    the cached features; otherwise images flow through the whole model each epoch.
+    """
+    steps = int(np.ceil(len(splits.train.labels) / config.batch_size)) * config.epochs
+    callbacks = _callbacks(config, log_dir)
+    if not config.cache_features:
+        model.compile(build_optimizer(config.optimizer, steps), LOSS, metrics=["accuracy"])
+        return model.fit(
+            image_pipeline(splits.train, config.preprocessing, config.batch_size, config.seed),
+            validation_data=image_pipeline(splits.validation, config.preprocessing, 256),
+            epochs=config.epochs,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+    base, head = get_base(model), get_head(model)
+    train_x = base_features(base, splits.train, config.preprocessing)
+    val_x = base_features(base, splits.validation, config.preprocessing)
+    head.compile(build_optimizer(config.optimizer, steps), LOSS, metrics=["accuracy"])
+    return head.fit(
+        train_x,
+        splits.train.labels,
+        validation_data=(val_x, splits.validation.labels),
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        shuffle=True,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+
+
+def fine_tune(
+    model: keras.Model, splits: Splits, config: TrainConfig, log_dir: Path | None, verbose: int
+) -> keras.callbacks.History:
+    """Phase 2: unfreeze the top conv blocks, train at a lower rate; head BN stays in inference.
+
+    A BatchNormalization with `trainable=False` runs in inference mode in Keras 3,
+    so the head's moving statistics are kept, as the chapter recommends.
+    """
+    unfreeze_top_blocks(get_base(model), config.fine_tune_blocks)
+    for layer in get_head(model).layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+    steps = int(np.ceil(len(splits.train.labels) / config.batch_size)) * config.fine_tune_epochs
+    optimizer = build_optimizer(config.optimizer, steps, config.fine_tune_learning_rate)
+    model.compile(optimizer, LOSS, metrics=["accuracy"])
+    history = model.fit(
+        image_pipeline(splits.train, config.preprocessing, config.batch_size, config.seed),
+        validation_data=image_pipeline(splits.validation, config.preprocessing, 256),
+        epochs=config.fine_tune_epochs,
+        callbacks=_callbacks(config, log_dir),
+        verbose=verbose,
+    )
+    get_base(model).trainable = False
+    return history
+
+
+def train_model(
+    config: TrainConfig, splits: Splits, log_dir: Path | None = None, verbose: int = 1
+) -> tuple[keras.Model, History]:
+    """Build, run phase 1 and (if `fine_tune_blocks` > 0) phase 2."""
+    keras.utils.set_random_seed(config.seed)
+    model = build_for(config, len(splits.train.class_names))
+    history = History()
+    history.extend("head", fit_head(model, splits, config, log_dir, verbose))
+    if config.fine_tune_blocks > 0:
+        history.extend("fine_tune", fine_tune(model, splits, config, log_dir, verbose))
+    return model, history
