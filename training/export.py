@@ -15,6 +15,10 @@ MODEL_FILE = "model.keras"
 CONFIG_FILE = "model_card.json"
 
 
+class ModelNotFoundError(RuntimeError):
+    """The requested tag is not in the model store."""
+
+
 def framework_versions() -> dict[str, str]:
     """Versions recorded with a model, to tell what it was trained with."""
     return {
@@ -44,7 +48,13 @@ def export_model(model: keras.Model, card: ModelCard, name: str) -> str:
 
 def load_exported(tag: str) -> tuple[keras.Model, ModelCard]:
     """A model from the store, loaded in Keras safe mode (no code runs from the file)."""
-    bento_model = bentoml.models.get(tag)
+    try:
+        bento_model = bentoml.models.get(tag)
+    except bentoml.exceptions.NotFound as error:
+        raise ModelNotFoundError(
+            f"Model {tag!r} is not in the model store ({error}). Train one with `uqserve train` "
+            "(or `make train`), or name another with --model."
+        ) from error
     card = ModelCard.model_validate_json(bento_model.info.metadata["card"])
     model = keras.saving.load_model(bento_model.path_of(MODEL_FILE), safe_mode=True, compile=False)
     return model, card

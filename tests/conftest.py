@@ -1,0 +1,52 @@
+"""Shared fixtures: a private model store, and a tiny VGG16 (random weights, 32x32)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Before BentoML is imported anywhere: tests never touch the user's model store.
+os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="uqserve-bentoml-")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from models.architecture import build_model  # noqa: E402
+from models.config import HeadConfig, ModelConfig, PreprocessingConfig  # noqa: E402
+
+TINY = PreprocessingConfig(image_size=(32, 32))
+
+
+def tiny_model(head: HeadConfig | None = None, num_classes: int = 4, seed: int = 0) -> keras.Model:
+    """A 32x32 VGG16 with random weights (`weights=None`) and a small head."""
+    keras.utils.set_random_seed(seed)
+    head = head or HeadConfig(hidden_units=(16,), dropout_rates=(0.5,), input_dropout=0.3)
+    config = ModelConfig(num_classes=num_classes, preprocessing=TINY, head=head)
+    return build_model(config, base_weights="none")
+
+
+def randomize_bn_statistics(model: keras.Model, seed: int = 0) -> None:
+    """Give every BatchNormalization non-trivial moving statistics."""
+    rng = np.random.default_rng(seed)
+    for layer in model.get_layer("head").layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            size = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(0.0, 1.0, size).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, size).astype("float32"))
+
+
+@pytest.fixture(scope="session")
+def images() -> np.ndarray:
+    """Six preprocessed-looking 32x32 RGB inputs."""
+    rng = np.random.default_rng(1)
+    return rng.normal(0.0, 60.0, (6, 32, 32, 3)).astype("float32")
+
+
+@pytest.fixture(scope="session")
+def model() -> keras.Model:
+    """A tiny model with BN and two dropout layers, with non-trivial BN statistics."""
+    built = tiny_model()
+    randomize_bn_statistics(built)
+    return built

@@ -1,0 +1,69 @@
+"""The shared preprocessing function."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from models.config import PreprocessingConfig
+from models.preprocessing import preprocess_images
+
+CONFIG = PreprocessingConfig(image_size=(32, 32))
+
+
+def _rgb(seed: int = 0, size: int = 20) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (2, size, size, 3)).astype("float32")
+
+
+def test_output_has_the_model_input_size():
+    out = preprocess_images(_rgb(size=50), CONFIG)
+    assert out.shape == (2, 32, 32, 3)
+    assert out.dtype == np.float32
+
+
+def test_same_size_rgb_is_vgg16_preprocess_input():
+    rgb = _rgb(size=32)
+    expected = keras.ops.convert_to_numpy(keras.applications.vgg16.preprocess_input(rgb.copy()))
+    np.testing.assert_allclose(preprocess_images(rgb, CONFIG), expected, atol=1e-3)
+
+
+def test_grayscale_equals_rgb_with_repeated_channels():
+    gray = _rgb()[..., 0]
+    as_rgb = np.repeat(gray[..., None], 3, axis=-1)
+    np.testing.assert_allclose(
+        preprocess_images(gray, CONFIG), preprocess_images(as_rgb, CONFIG), atol=1e-4
+    )
+    np.testing.assert_allclose(
+        preprocess_images(gray[..., None], CONFIG), preprocess_images(as_rgb, CONFIG), atol=1e-4
+    )
+
+
+def test_rgba_is_composited_over_the_background():
+    rgb = _rgb()
+    opaque = np.concatenate([rgb, np.full(rgb.shape[:-1] + (1,), 255.0, "float32")], axis=-1)
+    np.testing.assert_allclose(
+        preprocess_images(opaque, CONFIG), preprocess_images(rgb, CONFIG), atol=1e-4
+    )
+    clear = opaque.copy()
+    clear[..., 3] = 0.0
+    background = np.zeros_like(rgb)
+    np.testing.assert_allclose(
+        preprocess_images(clear, CONFIG), preprocess_images(background, CONFIG), atol=1e-4
+    )
+
+
+def test_images_of_different_sizes_in_one_list():
+    images = [_rgb(0, 10)[0], _rgb(1, 64)[0][..., 0], _rgb(2, 33)[0]]
+    out = preprocess_images(images, CONFIG)
+    assert out.shape == (3, 32, 32, 3)
+    np.testing.assert_allclose(out[0], preprocess_images(images[0][None], CONFIG)[0], atol=1e-5)
+
+
+def test_bad_inputs_are_rejected():
+    with pytest.raises(ValueError, match="channels"):
+        preprocess_images(np.zeros((1, 8, 8, 2), "float32"), CONFIG)
+    with pytest.raises(ValueError, match="shape"):
+        preprocess_images(np.zeros((8, 8), "float32"), CONFIG)
+    with pytest.raises(ValueError, match="at least one image"):
+        preprocess_images([], CONFIG)

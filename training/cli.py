@@ -1,0 +1,189 @@
+"""The `uqserve` command: train, pretrain, predict.
+
+Flags override values from `--config FILE` (YAML or JSON); only flags that are
+given override anything. Bad values exit with status 2 and name the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+NONE_WORDS = ("none", "null", "off")
+
+
+def _optional(kind: type) -> Any:
+    """A flag type that also accepts 'none' (turns the feature off)."""
+
+    def parse(text: str) -> Any:
+        return None if text.lower() in NONE_WORDS else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+# (flag, config path, argparse keyword arguments)
+TRAIN_FLAGS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("--dataset", "data.dataset", {"help": "digits | mnist | fashion_mnist | cifar10 | FOLDER"}),
+    ("--limit", "data.limit", {"type": int, "help": "use at most N images"}),
+    ("--image-size", "preprocessing.image_size", {"type": int, "nargs": 2, "metavar": ("H", "W")}),
+    ("--base-weights", "base_weights", {"help": "imagenet | none | PATH (default $UQSERVE_BASE_WEIGHTS or imagenet)"}),
+    ("--pooling", "head.pooling", {"choices": ("avg", "max", "flatten")}),
+    ("--hidden-units", "head.hidden_units", {"type": int, "nargs": "+"}),
+    ("--dropout", "head.dropout_rates", {"type": float, "nargs": "+", "help": "one rate per hidden layer"}),
+    ("--input-dropout", "head.input_dropout", {"type": _optional(float)}),
+    ("--activation", "head.activation", {"choices": ("relu", "leaky_relu", "elu", "selu", "gelu")}),
+    ("--leaky-relu-slope", "head.leaky_relu_slope", {"type": float}),
+    ("--initializer", "head.initializer", {}),
+    ("--batch-norm", "head.batch_norm", {"action": argparse.BooleanOptionalAction}),
+    ("--max-norm", "head.max_norm", {"type": _optional(float)}),
+    ("--regularizer", "head.regularizer", {"choices": ("none", "l1", "l2", "l1_l2")}),
+    ("--l1", "head.l1", {"type": float}),
+    ("--l2", "head.l2", {"type": float}),
+    ("--optimizer", "optimizer.name", {}),
+    ("--learning-rate", "optimizer.learning_rate", {"type": float}),
+    ("--momentum", "optimizer.momentum", {"type": float}),
+    ("--weight-decay", "optimizer.weight_decay", {"type": float}),
+    ("--clipnorm", "optimizer.clipnorm", {"type": _optional(float)}),
+    ("--clipvalue", "optimizer.clipvalue", {"type": _optional(float)}),
+    ("--schedule", "optimizer.schedule", {}),
+    ("--epochs", "epochs", {"type": int}),
+    ("--batch-size", "batch_size", {"type": int}),
+    ("--patience", "early_stopping_patience", {"type": _optional(int), "help": "early stopping; none = off"}),
+    ("--cache-features", "cache_features", {"action": argparse.BooleanOptionalAction}),
+    ("--fine-tune-blocks", "fine_tune_blocks", {"type": int}),
+    ("--fine-tune-epochs", "fine_tune_epochs", {"type": int}),
+    ("--fine-tune-learning-rate", "fine_tune_learning_rate", {"type": float}),
+    ("--mc-samples", "mc_samples", {"type": int}),
+    ("--seed", "seed", {"type": int}),
+    ("--model-name", "model_name", {}),
+    ("--output-dir", "output_dir", {}),
+    ("--export", "export", {"action": argparse.BooleanOptionalAction}),
+)  # fmt: skip
+
+
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """{'head.activation': 'elu'} -> {'head': {'activation': 'elu'}}."""
+    nested: dict[str, Any] = {}
+    for path, value in flat.items():
+        *parents, leaf = path.split(".")
+        node = nested
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return nested
+
+
+def _add_train(subparsers: Any) -> None:
+    parser = subparsers.add_parser("train", help="train and export a model")
+    parser.add_argument("--config", type=Path, help="YAML or JSON file; flags override it")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    for flag, path, kwargs in TRAIN_FLAGS:
+        parser.add_argument(flag, dest=path, default=argparse.SUPPRESS, **kwargs)
+
+
+def _add_pretrain(subparsers: Any) -> None:
+    parser = subparsers.add_parser("pretrain", help="unsupervised pretraining of the conv base")
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--limit", type=int)
+    parser.add_argument("--image-size", type=int, nargs=2, default=(64, 64), metavar=("H", "W"))
+    parser.add_argument("--base-weights", help="start from: imagenet | none | PATH")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--noise-stddev", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--output", type=Path, default=Path("runs/pretrained_vgg16.weights.h5"))
+
+
+def _add_predict(subparsers: Any) -> None:
+    parser = subparsers.add_parser("predict", help="predict image files with uncertainty")
+    parser.add_argument("images", nargs="+", type=Path)
+    parser.add_argument("--model", default="uqserve_vgg16:latest", help="model store tag")
+    parser.add_argument("--samples", type=int, help="MC dropout samples (default: the model's)")
+    parser.add_argument("--seed", type=int)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `uqserve` argument parser."""
+    parser = argparse.ArgumentParser(prog="uqserve", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_train(subparsers)
+    _add_pretrain(subparsers)
+    _add_predict(subparsers)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.config import load_config
+    from training.pipeline import run_training
+
+    flat = {k: v for k, v in vars(args).items() if "." in k or k in {p for _, p, _ in TRAIN_FLAGS}}
+    config = load_config(args.config, nest(flat))
+    result = run_training(config, verbose=0 if args.quiet else 1)
+    print(f"run folder: {result.run_dir}")
+    for name, value in sorted(result.card.metrics.items()):
+        print(f"{name:>34}: {value:.4f}")
+    if result.tag:
+        print(f"exported: {result.tag}")
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from training.pretrain import PretrainConfig, pretrain
+
+    values = {
+        "dataset": args.dataset, "limit": args.limit,
+        "preprocessing": {"image_size": tuple(args.image_size)},
+        "epochs": args.epochs, "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate, "noise_stddev": args.noise_stddev,
+        "seed": args.seed, "output": args.output,
+    }  # fmt: skip
+    if args.base_weights is not None:
+        values["base_weights"] = args.base_weights
+    path = pretrain(PretrainConfig.model_validate(values))
+    print(f"pretrained base weights: {path} (use with --base-weights {path})")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from training.predict import format_table, predict_files
+
+    predictions, card = predict_files(args.images, args.model, args.samples, args.seed)
+    print(f"model: {args.model}  samples: {args.samples or card.mc_samples}")
+    print(format_table(predictions))
+    return 0
+
+
+def _describe(error: ValidationError) -> str:
+    lines = [f"Invalid configuration ({error.error_count()} problem(s)):"]
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "config"
+        lines.append(f"  {field}: {item['msg']} (received {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `uqserve` console script."""
+    args = build_parser().parse_args(argv)
+    commands = {"train": _train, "pretrain": _pretrain, "predict": _predict}
+    try:
+        return commands[args.command](args)
+    except ValidationError as error:
+        print(_describe(error), file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        print(f"uqserve {args.command}: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
