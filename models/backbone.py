@@ -41,7 +41,9 @@ def build_base(input_shape: tuple[int, int, int], base_weights: str = "imagenet"
         )
     except Exception as error:
         if weights != "imagenet":
-            raise BaseWeightsError(f"Could not load base weights {base_weights!r}: {error}") from error
+            raise BaseWeightsError(
+                f"Could not load base weights {base_weights!r}: {error}"
+            ) from error
         raise BaseWeightsError(
             "Could not download the VGG16 ImageNet weights (no network?). Alternatives: "
             "--base-weights PATH to a VGG16 no-top .weights.h5 file, the environment "

@@ -85,7 +85,9 @@ class MCDropoutPredictor:
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Deterministic probabilities (B, C): dropout off, identical to `model(x)`."""
         chunks = [
-            ops.convert_to_numpy(self.model(images[start : start + self.batch_size], training=False))
+            ops.convert_to_numpy(
+                self.model(images[start : start + self.batch_size], training=False)
+            )
             for start in range(0, len(images), self.batch_size)
         ]
         return np.concatenate(chunks, axis=0)
@@ -104,7 +106,9 @@ class MCDropoutPredictor:
         several requests together.
         """
         if samples < 1:
-            raise ValueError(f"Invalid value for `samples`: expected >= 1, received samples={samples}")
+            raise ValueError(
+                f"Invalid value for `samples`: expected >= 1, received samples={samples}"
+            )
         features = self.features(images)  # (B, ...)
         rngs = _image_rngs(len(images), seed, image_seeds)
         return self.sample_from_features(features, samples, rngs)

@@ -82,9 +82,7 @@ def brier_score(probabilities: np.ndarray, labels: np.ndarray) -> float:
     probabilities = np.asarray(probabilities, dtype=np.float64)
     probabilities = probabilities / probabilities.sum(axis=-1, keepdims=True)  # float32 round-off
     classes = np.arange(probabilities.shape[-1])
-    return float(
-        brier_score_loss(labels, probabilities, labels=classes, scale_by_half=False)
-    )
+    return float(brier_score_loss(labels, probabilities, labels=classes, scale_by_half=False))
 
 
 def expected_calibration_error(

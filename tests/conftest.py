@@ -9,12 +9,12 @@ import tempfile
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="uqserve-bentoml-")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import keras
+import numpy as np
+import pytest
 
-from models.architecture import build_model  # noqa: E402
-from models.config import HeadConfig, ModelConfig, PreprocessingConfig  # noqa: E402
+from models.architecture import build_model
+from models.config import HeadConfig, ModelConfig, PreprocessingConfig
 
 TINY = PreprocessingConfig(image_size=(32, 32))
 

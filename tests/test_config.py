@@ -53,7 +53,9 @@ def test_configs_are_frozen():
 def test_model_config_needs_two_classes():
     with pytest.raises(ValidationError, match="num_classes"):
         ModelConfig(num_classes=1)
-    assert ModelConfig(num_classes=2, preprocessing=PreprocessingConfig(image_size=(40, 48))).input_shape == (40, 48, 3)
+    assert ModelConfig(
+        num_classes=2, preprocessing=PreprocessingConfig(image_size=(40, 48))
+    ).input_shape == (40, 48, 3)
 
 
 def test_flags_override_the_file(tmp_path):

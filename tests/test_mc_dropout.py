@@ -58,7 +58,9 @@ def test_training_true_would_change_bn_statistics(images):
     randomize_bn_statistics(control)
     before = _bn_statistics(control)
     control(images, training=True)
-    changed = [not np.array_equal(a, b) for a, b in zip(before, _bn_statistics(control), strict=True)]
+    changed = [
+        not np.array_equal(a, b) for a, b in zip(before, _bn_statistics(control), strict=True)
+    ]
     assert any(changed)
 
 

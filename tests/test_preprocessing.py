@@ -41,7 +41,7 @@ def test_grayscale_equals_rgb_with_repeated_channels():
 
 def test_rgba_is_composited_over_the_background():
     rgb = _rgb()
-    opaque = np.concatenate([rgb, np.full(rgb.shape[:-1] + (1,), 255.0, "float32")], axis=-1)
+    opaque = np.concatenate([rgb, np.full((*rgb.shape[:-1], 1), 255.0, "float32")], axis=-1)
     np.testing.assert_allclose(
         preprocess_images(opaque, CONFIG), preprocess_images(rgb, CONFIG), atol=1e-4
     )

@@ -35,10 +35,10 @@ TRAIN_FLAGS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("--dataset", "data.dataset", {"help": "digits | mnist | fashion_mnist | cifar10 | FOLDER"}),
     ("--limit", "data.limit", {"type": int, "help": "use at most N images"}),
     ("--image-size", "preprocessing.image_size", {"type": int, "nargs": 2, "metavar": ("H", "W")}),
-    ("--base-weights", "base_weights", {"help": "imagenet | none | PATH (default $UQSERVE_BASE_WEIGHTS or imagenet)"}),
+    ("--base-weights", "base_weights", {"help": "imagenet | none | PATH (default: $UQSERVE_BASE_WEIGHTS, else imagenet)"}),  # noqa: E501
     ("--pooling", "head.pooling", {"choices": ("avg", "max", "flatten")}),
     ("--hidden-units", "head.hidden_units", {"type": int, "nargs": "+"}),
-    ("--dropout", "head.dropout_rates", {"type": float, "nargs": "+", "help": "one rate per hidden layer"}),
+    ("--dropout", "head.dropout_rates", {"type": float, "nargs": "+", "help": "one rate per hidden layer"}),  # noqa: E501
     ("--input-dropout", "head.input_dropout", {"type": _optional(float)}),
     ("--activation", "head.activation", {"choices": ("relu", "leaky_relu", "elu", "selu", "gelu")}),
     ("--leaky-relu-slope", "head.leaky_relu_slope", {"type": float}),
@@ -57,7 +57,7 @@ TRAIN_FLAGS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("--schedule", "optimizer.schedule", {}),
     ("--epochs", "epochs", {"type": int}),
     ("--batch-size", "batch_size", {"type": int}),
-    ("--patience", "early_stopping_patience", {"type": _optional(int), "help": "early stopping; none = off"}),
+    ("--patience", "early_stopping_patience", {"type": _optional(int), "help": "early stopping; none = off"}),  # noqa: E501
     ("--cache-features", "cache_features", {"action": argparse.BooleanOptionalAction}),
     ("--fine-tune-blocks", "fine_tune_blocks", {"type": int}),
     ("--fine-tune-epochs", "fine_tune_epochs", {"type": int}),

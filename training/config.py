@@ -32,7 +32,7 @@ class DataConfig(Frozen):
 
     dataset: str = Field(
         "digits",
-        description="digits | mnist | fashion_mnist | cifar10 | a folder with one sub-folder per class",
+        description="digits | mnist | fashion_mnist | cifar10 | a folder of class sub-folders",
     )
     validation_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0.0, lt=0.5)

@@ -34,7 +34,11 @@ class TrainResult:
 
 
 def _samples(
-    predictor: MCDropoutPredictor, dataset: Dataset, card_config: ModelConfig, samples: int, seed: int
+    predictor: MCDropoutPredictor,
+    dataset: Dataset,
+    card_config: ModelConfig,
+    samples: int,
+    seed: int,
 ) -> np.ndarray:
     images = preprocess_images(dataset.images, card_config.preprocessing)
     return predictor.sample(images, samples, seed=seed)  # (B, T, C)
@@ -50,9 +54,7 @@ def evaluate_run(
     sampled = predictor.sample(images, config.mc_samples, seed=config.seed)  # (B, T, C)
     metrics = {f"test_{k}": v for k, v in summarize(deterministic, splits_test.labels).items()}
     metrics.pop("test_mean_mutual_information")
-    metrics.update(
-        {f"test_mc_{k}": v for k, v in summarize(sampled, splits_test.labels).items()}
-    )
+    metrics.update({f"test_mc_{k}": v for k, v in summarize(sampled, splits_test.labels).items()})
     return metrics
 
 

@@ -7,12 +7,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
-def plot_learning_curves(
-    logs: dict[str, list[float]], phases: dict[str, int], path: Path
-) -> Path:
+def plot_learning_curves(logs: dict[str, list[float]], phases: dict[str, int], path: Path) -> Path:
     """Loss and accuracy per epoch, train and validation; dashed lines mark phase starts."""
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):

@@ -78,7 +78,16 @@ def predict_files(
 
 def format_table(predictions: list[Prediction]) -> str:
     """A plain-text table, one row per image."""
-    header = ("image", "class", "probability", "variance", "entropy", "aleatoric", "MI", "uncertain")
+    header = (
+        "image",
+        "class",
+        "probability",
+        "variance",
+        "entropy",
+        "aleatoric",
+        "MI",
+        "uncertain",
+    )
     rows = [
         (
             p.path, p.label, f"{p.probability:.4f}", f"{p.variance:.2e}",
@@ -88,5 +97,8 @@ def format_table(predictions: list[Prediction]) -> str:
         for p in predictions
     ]  # fmt: skip
     widths = [max(len(str(r[c])) for r in (header, *rows)) for c in range(len(header))]
-    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)) for row in (header, *rows)]
+    lines = [
+        "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True))
+        for row in (header, *rows)
+    ]
     return "\n".join(line.rstrip() for line in lines)

@@ -52,7 +52,9 @@ def build_autoencoder(encoder: keras.Model, noise_stddev: float) -> keras.Model:
     x = keras.layers.GaussianNoise(noise_stddev)(inputs)
     x = encoder(x)
     for filters in (256, 128, 64, 32, 16):
-        x = keras.layers.Conv2DTranspose(filters, 3, strides=2, padding="same", activation="relu")(x)
+        x = keras.layers.Conv2DTranspose(filters, 3, strides=2, padding="same", activation="relu")(
+            x
+        )
     x = keras.layers.Resizing(height, width)(x)
     outputs = keras.layers.Conv2D(3, 3, padding="same")(x)
     return keras.Model(inputs, outputs, name="denoising_autoencoder")
@@ -73,7 +75,7 @@ def _inputs(config: PretrainConfig) -> np.ndarray:
 def pretrain(config: PretrainConfig, verbose: int = 1) -> Path:
     """Train the autoencoder; write the encoder (the VGG16 base) weights."""
     keras.utils.set_random_seed(config.seed)
-    encoder = build_base(config.preprocessing.image_size + (3,), config.base_weights)
+    encoder = build_base((*config.preprocessing.image_size, 3), config.base_weights)
     encoder.trainable = True
     autoencoder = build_autoencoder(encoder, config.noise_stddev)
     autoencoder.compile(keras.optimizers.Adam(config.learning_rate), loss="mse")

@@ -48,7 +48,10 @@ class History:
 
 
 def _callbacks(config: TrainConfig, log_dir: Path | None) -> list[keras.callbacks.Callback]:
-    callbacks: list[keras.callbacks.Callback] = [EpochTimer(), *schedule_callbacks(config.optimizer)]
+    callbacks: list[keras.callbacks.Callback] = [
+        EpochTimer(),
+        *schedule_callbacks(config.optimizer),
+    ]
     if config.early_stopping_patience is not None:
         callbacks.append(
             keras.callbacks.EarlyStopping(

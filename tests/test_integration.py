@@ -1,0 +1,57 @@
+"""`uqserve train` on digits with the real ImageNet base, as a user runs it.
+
+Runs whenever UQSERVE_BASE_WEIGHTS names a weights file (CI sets it to
+../shared/weights/vgg16_imagenet_notop.weights.h5).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import digit_png
+from training.config import BASE_WEIGHTS_ENV
+
+WEIGHTS = os.environ.get(BASE_WEIGHTS_ENV, "")
+BIN = Path(sys.executable).parent
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        not Path(WEIGHTS).is_file(),
+        reason=f"{BASE_WEIGHTS_ENV} does not name a weights file (CI sets it)",
+    ),
+]
+
+
+def _run(*args: str) -> str:
+    done = subprocess.run(args, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_train_on_digits_with_imagenet_base_exports_an_accurate_model(tmp_path):
+    out = _run(str(BIN / "uqserve"), "train", "--quiet", "--output-dir", str(tmp_path))
+    run_dir = Path(out.split("run folder: ")[1].splitlines()[0])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test_accuracy"] >= 0.95
+    assert metrics["test_mc_accuracy"] >= 0.95
+
+    listing = _run(str(BIN / "bentoml"), "models", "list", "uqserve_vgg16", "-o", "json")
+    tags = [entry["tag"] for entry in json.loads(listing)]
+    assert any(tag.startswith("uqserve_vgg16:") for tag in tags)
+    info = json.loads(
+        _run(str(BIN / "bentoml"), "models", "get", "uqserve_vgg16:latest", "-o", "json")
+    )
+    assert info["metadata"]["class_names"] == [str(d) for d in range(10)]
+    assert info["metadata"]["input_shape"] == [64, 64, 3]
+
+    image = digit_png(tmp_path / "seven.png", index=7)  # sklearn's digit 7 is a "7"
+    table = _run(str(BIN / "uqserve"), "predict", image, "--seed", "0")
+    row = table.strip().splitlines()[-1].split()
+    assert row[1] == "7"

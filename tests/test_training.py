@@ -1,0 +1,228 @@
+"""Training on a few digits with the tiny 32x32 VGG16 (random base weights)."""
+
+from __future__ import annotations
+
+import typing
+
+import keras
+import numpy as np
+import pytest
+
+from models.architecture import get_base, get_head
+from models.backbone import BaseWeightsError, build_base
+from models.mc_dropout import MCDropoutPredictor
+from training.config import Optimizer, Schedule, TrainConfig
+from training.data import DatasetError, load_dataset, split_dataset
+from training.export import ModelNotFoundError, export_model, load_exported
+from training.pipeline import run_training
+from training.pretrain import PretrainConfig, pretrain
+from training.train import build_for, fine_tune, fit_head, train_model
+
+TINY = {"image_size": (32, 32)}
+
+
+def tiny_config(**values: typing.Any) -> TrainConfig:
+    """A fast run: 100 digits, 32x32, random base, small head."""
+    defaults: dict[str, typing.Any] = {
+        "data": {"limit": 100},
+        "preprocessing": TINY,
+        "base_weights": "none",
+        "head": {"hidden_units": (16,), "dropout_rates": (0.3,)},
+        "epochs": 1,
+        "batch_size": 16,
+        "export": False,
+        "mc_samples": 5,
+    }
+    defaults.update(values)
+    return TrainConfig.model_validate(defaults)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    config = tiny_config()
+    return split_dataset(load_dataset("digits", (32, 32)), config.data, config.seed)
+
+
+def test_split_is_stratified_and_disjoint(splits):
+    sizes = [len(part.labels) for part in (splits.train, splits.validation, splits.test)]
+    assert sum(sizes) == 100
+    for part in (splits.train, splits.validation, splits.test):
+        assert set(np.unique(part.labels)) == set(range(10))
+    assert splits.train.images.max() <= 255.0
+
+
+@pytest.mark.parametrize("optimizer", typing.get_args(Optimizer))
+def test_one_epoch_with_every_optimizer(splits, optimizer):
+    config = tiny_config(optimizer={"name": optimizer, "clipnorm": 1.0})
+    _model, history = train_model(config, splits, verbose=0)
+    assert np.isfinite(history.logs["loss"]).all()
+    assert len(history.logs["loss"]) == 1
+
+
+@pytest.mark.parametrize("schedule", typing.get_args(Schedule))
+def test_one_epoch_with_every_schedule(splits, schedule):
+    config = tiny_config(epochs=2, optimizer={"schedule": schedule, "clipvalue": 0.5})
+    model, history = train_model(config, splits, verbose=0)
+    assert np.isfinite(history.logs["val_loss"]).all()
+    rate = model.get_layer("head").optimizer.learning_rate
+    if schedule == "constant":
+        assert float(rate) == pytest.approx(config.optimizer.learning_rate)
+    elif schedule != "plateau":
+        assert float(rate) < config.optimizer.learning_rate  # the schedule moved the rate
+
+
+class WeightRecorder(keras.callbacks.Callback):
+    """Keeps a copy of the weights at the end of every epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weights: list[list[np.ndarray]] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.weights.append([np.array(w) for w in self.model.get_weights()])
+
+
+def test_early_stopping_restores_the_best_weights(splits, monkeypatch):
+    config = tiny_config(
+        epochs=12, early_stopping_patience=2, optimizer={"name": "sgd", "learning_rate": 0.5}
+    )
+    recorder = WeightRecorder()
+    import training.train as train_module
+
+    original = train_module._callbacks
+    monkeypatch.setattr(train_module, "_callbacks", lambda c, d: [*original(c, d), recorder])
+    model = build_for(config, 10)
+    history = fit_head(model, splits, config, None, verbose=0)
+    val_loss = history.history["val_loss"]
+    best = int(np.argmin(val_loss))
+    assert best < len(val_loss) - 1, "the run must get worse after its best epoch"
+    for restored, kept in zip(get_head(model).get_weights(), recorder.weights[best], strict=True):
+        np.testing.assert_array_equal(restored, kept)
+
+
+@pytest.mark.parametrize("cache_features", [True, False])
+def test_base_weights_unchanged_by_phase_one(splits, cache_features):
+    config = tiny_config(cache_features=cache_features)
+    keras.utils.set_random_seed(config.seed)
+    model = build_for(config, 10)
+    before = [np.array(w) for w in get_base(model).weights]
+    head_before = [np.array(w) for w in get_head(model).trainable_weights]
+    fit_head(model, splits, config, None, verbose=0)
+    for old, new in zip(before, get_base(model).weights, strict=True):
+        np.testing.assert_array_equal(old, np.array(new))
+    assert any(
+        not np.array_equal(a, np.array(b))
+        for a, b in zip(head_before, get_head(model).trainable_weights, strict=True)
+    )
+
+
+def test_max_norm_holds_after_training(splits):
+    config = tiny_config(
+        epochs=3,
+        head={"hidden_units": (16,), "dropout_rates": (0.3,), "max_norm": 0.5},
+        optimizer={"learning_rate": 0.05},
+    )
+    model, _ = train_model(config, splits, verbose=0)
+    kernel = np.array(get_head(model).get_layer("dense_0").kernel)
+    norms = np.linalg.norm(kernel, axis=0)  # one norm per unit (column)
+    assert np.all(norms <= 0.5 + 1e-5)
+    assert norms.max() > 0.45  # the constraint was binding, so the check means something
+
+
+def _bn_statistics(model: keras.Model) -> list[np.ndarray]:
+    return [
+        np.array(w)
+        for layer in get_head(model).layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+        for w in (layer.moving_mean, layer.moving_variance)
+    ]
+
+
+def test_fine_tuning_trains_only_the_top_blocks_and_keeps_bn_in_inference(splits):
+    config = tiny_config(fine_tune_blocks=1, fine_tune_epochs=1, fine_tune_learning_rate=1e-3)
+    keras.utils.set_random_seed(config.seed)
+    model = build_for(config, 10)
+    fit_head(model, splits, config, None, verbose=0)
+    base = get_base(model)
+    before = {layer.name: [np.array(w) for w in layer.weights] for layer in base.layers}
+    statistics = _bn_statistics(model)
+    fine_tune(model, splits, config, None, verbose=0)
+    for layer in base.layers:
+        if layer.weights:
+            changed = not np.array_equal(before[layer.name][0], np.array(layer.weights[0]))
+            assert changed == layer.name.startswith("block5"), layer.name
+    for old, new in zip(statistics, _bn_statistics(model), strict=True):
+        np.testing.assert_array_equal(old, new)
+    assert not base.trainable  # frozen again for export and serving
+
+
+def test_both_phases_are_recorded(splits):
+    _, history = train_model(tiny_config(fine_tune_blocks=2, fine_tune_epochs=1), splits, verbose=0)
+    assert history.phases == {"head": 0, "fine_tune": 1}
+    assert len(history.logs["loss"]) == 2
+
+
+def test_export_then_load_gives_the_same_output(tmp_path):
+    result = run_training(tiny_config(export=True, output_dir=tmp_path), verbose=0)
+    loaded, card = load_exported(result.tag)
+    assert card == result.card
+    x = np.random.default_rng(0).normal(0, 50, (3, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(
+        MCDropoutPredictor(loaded).predict(x),
+        MCDropoutPredictor(result.model).predict(x),
+        atol=1e-6,
+    )
+    assert (result.run_dir / "learning_curve.png").stat().st_size > 1000
+    assert {"test_accuracy", "test_nll", "test_mc_nll", "test_ece"} <= set(card.metrics)
+    assert card.uncertain_threshold is not None
+
+
+def test_missing_model_names_the_tag():
+    with pytest.raises(ModelNotFoundError, match="no_such_model"):
+        load_exported("no_such_model:latest")
+
+
+def test_export_tags_are_versioned(tmp_path):
+    model = build_for(tiny_config(), 10)
+    card = run_training(tiny_config(output_dir=tmp_path), verbose=0).card
+    first, second = export_model(model, card, "twice"), export_model(model, card, "twice")
+    assert first != second
+    assert load_exported("twice:latest")[1] == card
+
+
+def test_pretrain_writes_weights_that_base_weights_accepts(tmp_path):
+    start = build_base((32, 32, 3), "none")
+    start.save_weights(tmp_path / "start.weights.h5")
+    config = PretrainConfig(
+        limit=16,
+        preprocessing=TINY,
+        base_weights=str(tmp_path / "start.weights.h5"),
+        epochs=1,
+        batch_size=8,
+        output=tmp_path / "pre.weights.h5",
+    )
+    path = pretrain(config, verbose=0)
+    reloaded = build_base((32, 32, 3), str(path))  # what --base-weights PATH does
+    before = np.array(start.get_layer("block1_conv1").kernel)
+    after = np.array(reloaded.get_layer("block1_conv1").kernel)
+    assert not np.array_equal(before, after)  # pretraining moved the weights...
+    assert np.abs(after - before).max() < 0.01  # ...starting from the given ones
+
+
+def test_imagenet_offline_fails_with_the_alternatives(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # no cached copy
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # refused: offline everywhere
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    with pytest.raises(BaseWeightsError, match="UQSERVE_BASE_WEIGHTS") as caught:
+        build_base((32, 32, 3), "imagenet")
+    assert "--base-weights" in str(caught.value)
+
+
+def test_missing_weights_file_is_named():
+    with pytest.raises(BaseWeightsError, match="no such file"):
+        build_base((32, 32, 3), "/nowhere/base.weights.h5")
+
+
+def test_unknown_dataset_names_the_choices():
+    with pytest.raises(DatasetError, match="digits"):
+        load_dataset("imagenet-21k", (32, 32))
