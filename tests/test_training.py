@@ -226,3 +226,26 @@ def test_missing_weights_file_is_named():
 def test_unknown_dataset_names_the_choices():
     with pytest.raises(DatasetError, match="digits"):
         load_dataset("imagenet-21k", (32, 32))
+
+
+def test_folder_of_class_subfolders_is_a_dataset(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            pixels = rng.integers(0, 256, (20, 30, 3)).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / name / f"{i}.png")
+    dataset = load_dataset(str(tmp_path), (32, 32))
+    assert dataset.class_names == ("cat", "dog")
+    assert dataset.images.shape == (6, 32, 32, 3)
+    assert sorted(dataset.labels.tolist()) == [0, 0, 0, 1, 1, 1]
+
+
+def test_keras_dataset_offline_fails_with_the_alternatives(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    with pytest.raises(DatasetError, match="digits"):
+        load_dataset("mnist", (32, 32))
