@@ -90,6 +90,7 @@ def fit_head(
             image_pipeline(splits.train, config.preprocessing, config.batch_size, config.seed),
             validation_data=image_pipeline(splits.validation, config.preprocessing, 256),
             epochs=config.epochs,
+            shuffle=False,  # the pipeline shuffles
             callbacks=callbacks,
             verbose=verbose,
         )
@@ -128,6 +129,7 @@ def fine_tune(
         image_pipeline(splits.train, config.preprocessing, config.batch_size, config.seed),
         validation_data=image_pipeline(splits.validation, config.preprocessing, 256),
         epochs=config.fine_tune_epochs,
+        shuffle=False,  # the pipeline shuffles
         callbacks=_callbacks(config, log_dir),
         verbose=verbose,
     )
