@@ -12,6 +12,9 @@ from pydantic import Field, model_validator
 
 from models.config import Frozen, ModelConfig
 
+MODEL_FILE = "model.keras"  # the network, inside the exported model's folder
+CARD_KEY = "card"  # the metadata entry holding the whole card as JSON
+
 
 class ModelCard(Frozen):
     """Metadata of an exported model."""

@@ -35,8 +35,11 @@ def _split_index(layers: Sequence[keras.layers.Layer]) -> int:
     return len(layers)
 
 
+ImageSeed = int | tuple[int, ...]
+
+
 def _image_rngs(
-    batch: int, seed: int | None, image_seeds: Sequence[int] | None
+    batch: int, seed: int | None, image_seeds: Sequence[ImageSeed] | None
 ) -> list[np.random.Generator]:
     """One random stream per image: from `image_seeds`, from (seed, index), or fresh."""
     if image_seeds is not None:
@@ -45,7 +48,7 @@ def _image_rngs(
                 f"Invalid value for `image_seeds`: expected {batch} seeds, "
                 f"received {len(image_seeds)}"
             )
-        return [np.random.default_rng(int(s)) for s in image_seeds]
+        return [np.random.default_rng(s if isinstance(s, int) else list(s)) for s in image_seeds]
     if seed is not None:
         return [np.random.default_rng([int(seed), index]) for index in range(batch)]
     return np.random.default_rng().spawn(batch)
@@ -97,13 +100,13 @@ class MCDropoutPredictor:
         images: np.ndarray,
         samples: int,
         seed: int | None = None,
-        image_seeds: Sequence[int] | None = None,
+        image_seeds: Sequence[ImageSeed] | None = None,
     ) -> np.ndarray:
         """T Monte Carlo dropout samples of the class probabilities, shaped (B, T, C).
 
         `seed` makes the call reproducible (image i uses the stream (seed, i));
-        `image_seeds` gives each image its own seed, for callers that batch
-        several requests together.
+        `image_seeds` gives each image its own seed (an int or a tuple such as
+        (seed, i)), for callers that batch several requests together.
         """
         if samples < 1:
             raise ValueError(
@@ -112,6 +115,29 @@ class MCDropoutPredictor:
         features = self.features(images)  # (B, ...)
         rngs = _image_rngs(len(images), seed, image_seeds)
         return self.sample_from_features(features, samples, rngs)
+
+    def sample_each(
+        self, images: np.ndarray, samples: Sequence[int], image_seeds: Sequence[ImageSeed]
+    ) -> list[np.ndarray]:
+        """Like `sample`, but image i gets `samples[i]` draws: a list of (T_i, C) arrays.
+
+        The deterministic part still runs once for the whole batch; the
+        stochastic part runs once per distinct T.
+        """
+        if len(samples) != len(images) or min(samples, default=1) < 1:
+            raise ValueError(
+                f"Invalid value for `samples`: expected {len(images)} counts >= 1, "
+                f"received {list(samples)}"
+            )
+        features = self.features(images)  # (B, ...)
+        rngs = _image_rngs(len(images), None, image_seeds)
+        out: list[np.ndarray] = [np.empty(0)] * len(images)
+        for count in sorted(set(samples)):
+            members = [i for i, s in enumerate(samples) if s == count]
+            draws = self.sample_from_features(features[members], count, [rngs[i] for i in members])
+            for position, i in enumerate(members):
+                out[i] = draws[position]  # (T_i, C)
+        return out
 
     def sample_from_features(
         self, features: np.ndarray, samples: int, rngs: Sequence[np.random.Generator]

@@ -8,6 +8,9 @@ import tempfile
 # Before BentoML is imported anywhere: tests never touch the user's model store.
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="uqserve-bentoml-")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Before prometheus_client is imported: lets /metrics work in-process.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="uqserve-prom-"))
+os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 
 import keras
 import numpy as np

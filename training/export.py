@@ -9,9 +9,8 @@ import bentoml
 import keras
 import tensorflow as tf
 
-from models.card import ModelCard
+from models.card import CARD_KEY, MODEL_FILE, ModelCard
 
-MODEL_FILE = "model.keras"
 CONFIG_FILE = "model_card.json"
 
 
@@ -32,7 +31,7 @@ def framework_versions() -> dict[str, str]:
 def export_model(model: keras.Model, card: ModelCard, name: str) -> str:
     """Save the model and its card into the model store; returns the tag."""
     metadata = {
-        "card": card.model_dump_json(),  # whole card; metadata values may not be None
+        CARD_KEY: card.model_dump_json(),  # whole card; metadata values may not be None
         "class_names": list(card.class_names),
         "input_shape": list(card.input_shape),
         "mc_samples": card.mc_samples,
@@ -55,6 +54,6 @@ def load_exported(tag: str) -> tuple[keras.Model, ModelCard]:
             f"Model {tag!r} is not in the model store ({error}). Train one with `uqserve train` "
             "(or `make train`), or name another with --model."
         ) from error
-    card = ModelCard.model_validate_json(bento_model.info.metadata["card"])
+    card = ModelCard.model_validate_json(bento_model.info.metadata[CARD_KEY])
     model = keras.saving.load_model(bento_model.path_of(MODEL_FILE), safe_mode=True, compile=False)
     return model, card

@@ -1,0 +1,144 @@
+"""The uqserve BentoML services.
+
+`ApiService` (HTTP-facing): validation, decoding, preprocessing, uncertainty
+statistics, response. `ModelService`: holds the Keras model and samples MC
+dropout with adaptive batching. Both are thin shells over `models/`.
+
+    bentoml serve service.service:ApiService      # from source
+    bentoml serve uqserve:latest                  # from a built bento
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import bentoml
+import numpy as np
+from pydantic import Field, StrictInt
+from starlette.responses import JSONResponse
+
+from models.card import CARD_KEY, MODEL_FILE, ModelCard
+from models.preprocessing import preprocess_images
+from service import jobs
+from service.decoding import BadInput, check_array, decode_image
+from service.metadata import metadata_app
+from service.metrics import observe
+from service.model_store import load_card, load_predictor, require_model
+from service.predictions import to_predictions
+from service.schemas import SEED_MAX, ArrayRequest, PixelArray, PredictionResponse
+from service.settings import ServiceSettings
+
+SETTINGS = ServiceSettings.from_env()
+require_model(SETTINGS.model)  # fail start-up (and `bentoml build`) with a clear message
+
+Samples = Annotated[StrictInt, Field(ge=1, description="Monte Carlo dropout samples.")]
+Seed = Annotated[StrictInt, Field(ge=0, le=SEED_MAX, description="Makes sampling reproducible.")]
+
+
+@bentoml.service(
+    name="uqserve_model",
+    workers=SETTINGS.workers,
+    resources={"gpu": SETTINGS.gpu} if SETTINGS.gpu else {"cpu": "1"},
+    traffic={"timeout": 300},
+)
+class ModelService:
+    """The Keras model behind an adaptive batch: job rows in, (N, T_max, C) samples out."""
+
+    bento_model = bentoml.models.BentoModel(SETTINGS.model)
+
+    def __init__(self) -> None:
+        self.card: ModelCard = load_card(self.bento_model.info.metadata[CARD_KEY])
+        self.predictor = load_predictor(self.bento_model.path_of(MODEL_FILE))
+
+    @bentoml.on_startup
+    def warm_up(self) -> None:
+        """One prediction before the service reports ready (builds the graph, allocates)."""
+        image = np.zeros((1, *self.card.input_shape), dtype=np.float32)
+        self.sample(jobs.pack(image, seed=0, samples=2))
+
+    @bentoml.api(
+        batchable=True,
+        max_batch_size=SETTINGS.max_batch_size,
+        max_latency_ms=SETTINGS.max_latency_ms,
+    )
+    def sample(self, rows: np.ndarray) -> np.ndarray:
+        """Sample every image of the (possibly merged) batch; see `service.jobs`."""
+        images, streams, samples = jobs.unpack(rows, self.card.input_shape)
+        observe.batch(len(images))
+        draws = self.predictor.sample_each(images, samples.tolist(), streams)
+        return jobs.pad(draws)
+
+
+def _bad(error: BadInput) -> JSONResponse:
+    return JSONResponse({"error": str(error)}, status_code=400)
+
+
+@bentoml.asgi_app(metadata_app, path="/")
+@bentoml.service(name="uqserve", threads=SETTINGS.api_threads, traffic={"timeout": 300})
+class ApiService:
+    """HTTP front door: `/predict` (image files), `/predict_array` (JSON), `GET /metadata`."""
+
+    model_service = bentoml.depends(ModelService)
+    bento_model = bentoml.models.BentoModel(SETTINGS.model)
+
+    def __init__(self) -> None:
+        self.card: ModelCard = load_card(self.bento_model.info.metadata[CARD_KEY])
+        self.tag = str(self.bento_model.tag)
+        self.settings = SETTINGS
+
+    @bentoml.on_startup
+    def warm_up(self) -> None:
+        """Run preprocessing once so the first request does not pay for it."""
+        preprocess_images(np.zeros((1, 8, 8), np.float32), self.card.model.preprocessing)
+
+    def _answer(
+        self, images: np.ndarray | list[np.ndarray], samples: int | None, seed: int | None
+    ) -> Any:
+        samples = samples or self.card.mc_samples
+        if samples > SETTINGS.max_samples:
+            raise BadInput(f"samples: {samples} exceeds the limit of {SETTINGS.max_samples}")
+        seed = int(np.random.default_rng().integers(SEED_MAX)) if seed is None else seed
+        x = preprocess_images(images, self.card.model.preprocessing)  # (n, H, W, 3)
+        answer = self.model_service.sample(jobs.pack(x, seed, samples))  # (n, T_max, C)
+        draws = jobs.trim(np.asarray(answer), samples)  # (n, T, C)
+        predictions = to_predictions(draws, self.card)
+        observe.predictions(predictions, samples)
+        return PredictionResponse(
+            model=self.tag, samples=samples, seed=seed, predictions=predictions
+        )
+
+    def _read(self, files: list[Path]) -> list[np.ndarray]:
+        if len(files) > SETTINGS.max_images:
+            raise BadInput(f"files: {len(files)} images exceeds the limit of {SETTINGS.max_images}")
+        images = []
+        for index, path in enumerate(files):
+            name = f"files[{index}]"
+            size = path.stat().st_size
+            if size > SETTINGS.max_file_bytes:
+                raise BadInput(
+                    f"{name}: {size} bytes exceeds the limit of {SETTINGS.max_file_bytes}"
+                )
+            images.append(decode_image(path.read_bytes(), name, SETTINGS.max_pixels))
+        return images
+
+    @bentoml.api(route="/predict")
+    def predict(
+        self, files: list[Path], samples: Samples | None = None, seed: Seed | None = None
+    ) -> PredictionResponse:
+        """Image files (PNG, JPEG, BMP, GIF, WebP) as a multipart form."""
+        try:
+            return self._answer(self._read(files), samples, seed)
+        except BadInput as error:
+            return _bad(error)
+
+    @bentoml.api(route="/predict_array", input_spec=ArrayRequest)
+    def predict_array(
+        self, images: PixelArray, samples: Samples | None = None, seed: Seed | None = None
+    ) -> PredictionResponse:
+        """Pixel arrays in [0, 255]: (H, W), (H, W, C) or (N, H, W, C)."""
+        try:
+            array = check_array(images, SETTINGS.max_images, SETTINGS.max_pixels)
+            return self._answer(array, samples, seed)
+        except BadInput as error:
+            return _bad(error)

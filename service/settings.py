@@ -1,0 +1,57 @@
+"""Service settings and input limits, from `UQSERVE_*` environment variables.
+
+One frozen object, read once at import of the service module (BentoML needs
+batching options when the class is declared). Every limit is enforced before
+any decoding or model work.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ENV_PREFIX = "UQSERVE_"
+
+
+class ServiceSettings(BaseModel):
+    """What an operator can tune without touching code."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+    model: str = Field("uqserve_vgg16:latest", description="Model store tag to serve.")
+    max_batch_size: int = Field(64, ge=1, description="Most images in one adaptive batch.")
+    max_latency_ms: int = Field(
+        10_000, ge=1, description="Adaptive batching latency budget; past it a 503 is returned."
+    )
+    max_samples: int = Field(200, ge=1, description="Largest `samples` a request may ask for.")
+    max_images: int = Field(32, ge=1, description="Most images in one request.")
+    max_pixels: int = Field(
+        25_000_000, ge=1, description="Most pixels (width x height) of one image."
+    )
+    max_file_bytes: int = Field(20_000_000, ge=1, description="Largest uploaded file.")
+    workers: int = Field(1, ge=1, description="Model service worker processes.")
+    api_threads: int = Field(
+        16, ge=1, description="Concurrent requests per API worker (they meet in one batch)."
+    )
+    gpu: int = Field(0, ge=0, description="GPUs for the model service (0: CPU).")
+
+    @model_validator(mode="after")
+    def _batch_holds_a_request(self) -> ServiceSettings:
+        if self.max_images > self.max_batch_size:
+            raise ValueError(
+                f"max_images={self.max_images} must not exceed max_batch_size={self.max_batch_size}"
+            )
+        return self
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServiceSettings:
+        """Each field from `UQSERVE_<FIELD>` when set, else its default."""
+        environ = os.environ if environ is None else environ
+        values = {
+            name: environ[ENV_PREFIX + name.upper()]
+            for name in cls.model_fields
+            if ENV_PREFIX + name.upper() in environ
+        }
+        return cls.model_validate(values)

@@ -1,0 +1,199 @@
+"""The BentoML service in-process: BentoML's ASGI app driven by a test client."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+
+from models.mc_dropout import MCDropoutPredictor
+from models.preprocessing import preprocess_images
+from service.decoding import decode_image
+from tests.service_helpers import CLASSES, encode, export_tiny, png
+from training.export import load_exported
+
+LIMITS = {
+    "UQSERVE_MAX_IMAGES": "4",
+    "UQSERVE_MAX_SAMPLES": "50",
+    "UQSERVE_MAX_PIXELS": "100000",
+    "UQSERVE_MAX_FILE_BYTES": "300000",
+    "UQSERVE_MAX_BATCH_SIZE": "8",
+}
+
+
+@pytest.fixture(scope="module")
+def tag() -> str:
+    return export_tiny()
+
+
+@pytest.fixture(scope="module")
+def client(tag):
+    os.environ.update({"UQSERVE_MODEL": tag, **LIMITS})
+    from service.service import ApiService
+
+    with TestClient(ApiService.to_asgi(), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def _files(*blobs: bytes) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("files", (f"image{i}.png", blob, "image/png")) for i, blob in enumerate(blobs)]
+
+
+def _check_response(body: dict, images: int, samples: int, tag: str) -> None:
+    assert body["model"] == tag
+    assert body["samples"] == samples
+    assert len(body["predictions"]) == images
+    for p in body["predictions"]:
+        probabilities = np.array(p["probabilities"])
+        assert probabilities.shape == (len(CLASSES),)
+        assert abs(probabilities.sum() - 1.0) < 1e-6
+        assert np.all(np.array(p["variance"]) >= 0.0)
+        assert p["label"] == CLASSES[p["class_index"]]
+        assert p["class_index"] == int(probabilities.argmax())
+        assert p["confidence"] == pytest.approx(probabilities.max())
+        assert 0.0 <= p["epistemic"] <= p["predictive_entropy"] + 1e-9
+        assert p["aleatoric"] == pytest.approx(p["predictive_entropy"] - p["epistemic"], abs=1e-6)
+        assert p["uncertain"] == (p["epistemic"] > 0.05)
+
+
+def _reference(tag: str, blob: bytes, samples: int, stream: tuple[int, int]) -> np.ndarray:
+    """What the model says about one image alone, in-process: mean probabilities (C,)."""
+    model, card = load_exported(tag)
+    x = preprocess_images([decode_image(blob, "x", 10**6)], card.model.preprocessing)
+    draws = MCDropoutPredictor(model).sample(x, samples, image_seeds=[stream])  # (1, T, C)
+    return draws.mean(axis=1)[0]
+
+
+def test_predict_files(client, tag):
+    response = client.post("/predict", files=_files(png(1), png(2)), data={"samples": "7"})
+    assert response.status_code == 200, response.text
+    _check_response(response.json(), images=2, samples=7, tag=tag)
+
+
+def test_default_samples_come_from_the_model(client, tag):
+    response = client.post("/predict", files=_files(png(1)))
+    _check_response(response.json(), images=1, samples=6, tag=tag)
+
+
+def test_seed_reproduces_and_matches_the_model_alone(client, tag):
+    blobs = [png(3), png(4)]
+    first = client.post("/predict", files=_files(*blobs), data={"samples": "9", "seed": "123"})
+    again = client.post("/predict", files=_files(*blobs), data={"samples": "9", "seed": "123"})
+    assert first.json() == again.json()
+    assert first.json()["seed"] == 123
+    for index, blob in enumerate(blobs):  # image i of a request uses the stream (seed, i)
+        expected = _reference(tag, blob, 9, (123, index))
+        got = first.json()["predictions"][index]["probabilities"]
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_unseeded_answer_reports_a_seed_that_reproduces_it(client):
+    first = client.post("/predict", files=_files(png(5)), data={"samples": "5"}).json()
+    again = client.post(
+        "/predict", files=_files(png(5)), data={"samples": "5", "seed": str(first["seed"])}
+    ).json()
+    assert again["predictions"] == first["predictions"]
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "LA", "CMYK", "I;16", "1"])
+def test_other_modes_are_converted(client, mode):
+    image = Image.open(io.BytesIO(png(6))).convert(mode)
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    response = client.post("/predict", files=[("files", ("x", encode(image, fmt), "image/*"))])
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "BMP", "GIF", "WEBP"])
+def test_every_format_is_accepted(client, fmt):
+    image = Image.open(io.BytesIO(png(7))).convert("RGB")
+    response = client.post("/predict", files=[("files", ("x", encode(image, fmt), "image/*"))])
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.full((10, 12), 100.0),  # (H, W)
+        np.full((10, 12, 3), 100.0),  # (H, W, C)
+        np.full((3, 10, 12, 4), 100.0),  # (N, H, W, C)
+        np.full((2, 10, 12, 1), 100.0),
+    ],
+)
+def test_predict_array_shapes(client, tag, array):
+    response = client.post("/predict_array", json={"images": array.tolist(), "samples": 4})
+    assert response.status_code == 200, response.text
+    images = array.shape[0] if array.ndim == 4 else 1
+    _check_response(response.json(), images=images, samples=4, tag=tag)
+
+
+def test_array_and_file_give_the_same_answer(client):
+    pixels = np.random.default_rng(8).integers(0, 256, (20, 24, 3)).astype(np.uint8)
+    blob = encode(Image.fromarray(pixels), "PNG")
+    as_file = client.post("/predict", files=_files(blob), data={"samples": "5", "seed": "9"})
+    as_array = client.post(
+        "/predict_array", json={"images": pixels.tolist(), "samples": 5, "seed": 9}
+    )
+    assert as_file.json()["predictions"] == as_array.json()["predictions"]
+
+
+def test_metadata(client, tag):
+    body = client.get("/metadata").json()
+    assert body["model"] == tag
+    assert body["class_names"] == list(CLASSES)
+    assert body["input_shape"] == [32, 32, 3]
+    assert body["default_samples"] == 6
+    assert body["max_samples"] == 50
+    assert body["metrics"] == {"test_accuracy": 0.5}
+
+
+def test_probes_metrics_and_openapi(client):
+    assert client.get("/readyz").status_code == 200
+    assert client.get("/livez").status_code == 200
+    client.post("/predict", files=_files(png(9)))
+    metrics = client.get("/metrics").text
+    for name in ("uqserve_predictive_entropy", "uqserve_mutual_information", "uqserve_samples"):
+        assert f"{name}_count" in metrics
+    docs = client.get("/docs.json").json()
+    assert {"/predict", "/predict_array"} <= set(docs["paths"])
+    schemas = json.dumps(docs["components"]["schemas"])
+    assert "epistemic" in schemas and "probabilities" in schemas
+
+
+def _bn_statistics(model: keras.Model) -> list[np.ndarray]:
+    return [
+        np.array(w)
+        for layer in model.get_layer("head").layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+        for w in (layer.moving_mean, layer.moving_variance)
+    ]
+
+
+def test_concurrent_requests_get_their_own_answers(client):
+    """Many threads, different images: each answer equals that image's answer alone."""
+    import bentoml
+
+    model = bentoml.get_current_service().model_service.predictor.model
+    before = _bn_statistics(model)
+    blobs = [png(100 + i) for i in range(12)]
+    alone = [
+        client.post("/predict", files=_files(b), data={"seed": "1", "samples": "5"}).json()
+        for b in blobs
+    ]
+
+    def call(index: int) -> dict:
+        data = {"seed": "1", "samples": "5"}
+        return client.post("/predict", files=_files(blobs[index]), data=data).json()
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        together = list(pool.map(call, list(range(12)) * 2))
+    for index, answer in enumerate(together):
+        assert answer["predictions"] == alone[index % 12]["predictions"]
+    for old, new in zip(before, _bn_statistics(model), strict=True):
+        np.testing.assert_array_equal(old, new)
