@@ -4,8 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
+MODEL ?= uqserve_vgg16:latest
+PORT ?= 3000
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export BENTOML_DO_NOT_TRACK ?= true
 
-.PHONY: install train test lint format clean
+.PHONY: install train model serve bento test lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +21,16 @@ install: $(STAMP) ## a .venv with the project and its dev tools
 
 train: $(STAMP) ## train on digits and export to the model store (ARGS="--epochs 5 ...")
 	$(BIN)/uqserve train $(ARGS)
+
+model: $(STAMP) ## train the default model unless the store already has $(MODEL)
+	@$(BIN)/bentoml models get $(MODEL) >/dev/null 2>&1 \
+		|| { echo "$(MODEL) not in the model store: training it"; $(BIN)/uqserve train; }
+
+serve: model ## serve the model on port $(PORT) (from source)
+	UQSERVE_MODEL=$(MODEL) $(BIN)/bentoml serve service.service:ApiService --port $(PORT)
+
+bento: model ## build the bento (no Docker needed); GPU variant: make bento BENTOFILE=bentofile.gpu.yaml
+	UQSERVE_MODEL=$(MODEL) $(BIN)/bentoml build -f $(or $(BENTOFILE),bentofile.yaml) .
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -28,10 +28,12 @@ def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=FORMATS)
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadInput(
-            f"{name}: not a supported image ({', '.join(FORMATS)}) or too large"
-        ) from None
+    except UnidentifiedImageError:
+        raise BadInput(f"{name}: not a supported image ({', '.join(FORMATS)})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadInput(f"{name}: too many pixels to decode safely (decompression bomb)") from None
+    except (OSError, SyntaxError, ValueError) as error:  # a header cut short, say
+        raise BadInput(f"{name}: cannot decode image ({error})") from None
     width, height = image.size
     if width < 1 or height < 1:
         raise BadInput(f"{name}: image has no pixels ({width}x{height})")

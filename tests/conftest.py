@@ -53,3 +53,32 @@ def model() -> keras.Model:
     built = tiny_model()
     randomize_bn_statistics(built)
     return built
+
+
+SERVICE_LIMITS = {
+    "UQSERVE_MAX_IMAGES": "4",
+    "UQSERVE_MAX_SAMPLES": "50",
+    "UQSERVE_MAX_PIXELS": "100000",
+    "UQSERVE_MAX_FILE_BYTES": "300000",
+    "UQSERVE_MAX_BATCH_SIZE": "8",
+}
+
+
+@pytest.fixture(scope="session")
+def tag() -> str:
+    """A tiny model exported to the test model store, served by `client`."""
+    from tests.service_helpers import export_tiny
+
+    return export_tiny()
+
+
+@pytest.fixture(scope="session")
+def client(tag):
+    """BentoML's ASGI app of the API service, in-process (one per test session)."""
+    from starlette.testclient import TestClient
+
+    os.environ.update({"UQSERVE_MODEL": tag, **SERVICE_LIMITS})
+    from service.service import ApiService
+
+    with TestClient(ApiService.to_asgi(), raise_server_exceptions=False) as test_client:
+        yield test_client

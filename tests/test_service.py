@@ -4,42 +4,18 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import keras
 import numpy as np
 import pytest
 from PIL import Image
-from starlette.testclient import TestClient
 
 from models.mc_dropout import MCDropoutPredictor
 from models.preprocessing import preprocess_images
 from service.decoding import decode_image
-from tests.service_helpers import CLASSES, encode, export_tiny, png
+from tests.service_helpers import CLASSES, encode, png
 from training.export import load_exported
-
-LIMITS = {
-    "UQSERVE_MAX_IMAGES": "4",
-    "UQSERVE_MAX_SAMPLES": "50",
-    "UQSERVE_MAX_PIXELS": "100000",
-    "UQSERVE_MAX_FILE_BYTES": "300000",
-    "UQSERVE_MAX_BATCH_SIZE": "8",
-}
-
-
-@pytest.fixture(scope="module")
-def tag() -> str:
-    return export_tiny()
-
-
-@pytest.fixture(scope="module")
-def client(tag):
-    os.environ.update({"UQSERVE_MODEL": tag, **LIMITS})
-    from service.service import ApiService
-
-    with TestClient(ApiService.to_asgi(), raise_server_exceptions=False) as test_client:
-        yield test_client
 
 
 def _files(*blobs: bytes) -> list[tuple[str, tuple[str, bytes, str]]]:

@@ -1,0 +1,129 @@
+"""End to end: build the bento, serve it as a container would (`bentoml serve <tag>`), call it.
+
+Also the concurrency check through BentoML's real adaptive batching: many
+threads send different images at once, each gets the answer its image gets
+alone, and the batches formed hold more than one request.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.service_helpers import png
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.e2e
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _build(tag: str) -> str:
+    env = {**os.environ, "UQSERVE_MODEL": tag}
+    done = subprocess.run(
+        [str(BIN / "bentoml"), "build", "-f", "bentofile.yaml", "."],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    match = re.search(r"(uqserve:[a-z0-9]+)", done.stdout + done.stderr)
+    assert match, done.stdout[-2000:]
+    return match.group(1)
+
+
+def _wait_ready(base: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"server exited early:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    pytest.fail(f"server not ready in 180 s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def server(tag, tmp_path_factory) -> Iterator[str]:
+    bento = _build(tag)
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = {**os.environ, "UQSERVE_MODEL": tag, "UQSERVE_MAX_LATENCY_MS": "60000"}
+    with open(log, "w") as handle:
+        process = subprocess.Popen(
+            [str(BIN / "bentoml"), "serve", bento, "--port", str(port), "--host", "127.0.0.1"],
+            cwd=tmp_path_factory.mktemp("cwd"), env=env, stdout=handle, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(base, process, log)
+        yield base
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+def _predict(base: str, blob: bytes, seed: int = 7) -> dict:
+    response = httpx.post(
+        f"{base}/predict",
+        files={"files": ("digit.png", blob, "image/png")},
+        data={"samples": "8", "seed": str(seed)},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_built_bento_answers_predict(server, tag):
+    body = _predict(server, png(1))
+    assert body["model"] == tag
+    prediction = body["predictions"][0]
+    assert abs(sum(prediction["probabilities"]) - 1.0) < 1e-6
+    assert min(prediction["variance"]) >= 0.0
+    assert httpx.get(f"{server}/metadata").json()["model"] == tag
+
+
+def test_concurrent_requests_are_batched_and_never_mixed(server):
+    blobs = [png(200 + i) for i in range(16)]
+    alone = [_predict(server, blob)["predictions"] for blob in blobs]
+    images_before, batches_before = _batch_counts(server)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        together = list(pool.map(lambda i: _predict(server, blobs[i % 16]), range(48)))
+    for index, body in enumerate(together):
+        assert body["predictions"] == alone[index % 16]  # BN stats unchanged, no mixing
+    images_after, batches_after = _batch_counts(server)
+    assert images_after - images_before == 48  # every image ran exactly once
+    assert batches_after - batches_before < 48  # some batches held several requests
+
+
+def _batch_counts(base: str) -> tuple[float, float]:
+    """Images and batches the model service has run, from its /metrics histogram."""
+    text = httpx.get(f"{base}/metrics").text
+    return (
+        _metric(text, "uqserve_model_batch_images_sum"),
+        _metric(text, "uqserve_model_batch_images_count"),
+    )
+
+
+def _metric(text: str, name: str) -> float:
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name)]
+    assert values, f"{name} not in /metrics"
+    return sum(values)
