@@ -90,7 +90,7 @@ def test_bad_array_request(client, case, body, named):
 
 @pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
 def test_non_finite_values(client, token):
-    body = '{"images": [[1.0, 2.0], [3.0, ' + token + ']]}'
+    body = '{"images": [[1.0, 2.0], [3.0, ' + token + "]]}"
     response = client.post(
         "/predict_array", content=body, headers={"content-type": "application/json"}
     )
