@@ -127,3 +127,14 @@ def _metric(text: str, name: str) -> float:
     values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name)]
     assert values, f"{name} not in /metrics"
     return sum(values)
+
+
+def test_missing_model_stops_start_up_naming_the_tag_and_the_fix():
+    env = {**os.environ, "UQSERVE_MODEL": "no_such_model:latest"}
+    done = subprocess.run(
+        [sys.executable, "-c", "import service.service"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "no_such_model:latest" in done.stderr
+    assert "make train" in done.stderr
