@@ -14,6 +14,7 @@ from models.config import Frozen, ModelConfig
 
 MODEL_FILE = "model.keras"  # the network, inside the exported model's folder
 CARD_KEY = "card"  # the metadata entry holding the whole card as JSON
+DENSITY_FILE = "density.npz"  # the feature-density parameters, next to the network
 
 
 class ModelCard(Frozen):
@@ -24,6 +25,9 @@ class ModelCard(Frozen):
     mc_samples: int = Field(30, ge=1, description="Default number of MC dropout samples.")
     uncertain_threshold: float | None = Field(
         None, ge=0.0, description="Mutual information above which a prediction is uncertain."
+    )
+    ood_threshold: float | None = Field(
+        None, description="OOD score (negative log feature density) above which an image is OOD."
     )
     metrics: dict[str, float] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)

@@ -25,6 +25,7 @@ import numpy as np
 from keras import ops
 
 from models.architecture import get_base, get_head
+from models.density import pool
 
 
 def _split_index(layers: Sequence[keras.layers.Layer]) -> int:
@@ -75,15 +76,24 @@ class MCDropoutPredictor:
         """Number of classes the model predicts."""
         return int(self.model.output.shape[-1])
 
-    def features(self, images: np.ndarray) -> np.ndarray:
-        """The deterministic part (base + head up to the first Dropout), once per image."""
-        chunks = []
+    def forward(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The deterministic part, once per image -> (embeddings (B, D), hidden (B, ...)).
+
+        `embeddings` are the base's globally pooled features (for the density
+        score); `hidden` is the input of the first Dropout (for sampling).
+        """
+        embeddings, hidden = [], []
         for start in range(0, len(images), self.batch_size):
             x = self._base(images[start : start + self.batch_size], training=False)
+            embeddings.append(pool(ops.convert_to_numpy(x)))
             for layer in self._prefix:
                 x = layer(x, training=False)
-            chunks.append(ops.convert_to_numpy(x))
-        return np.concatenate(chunks, axis=0)
+            hidden.append(ops.convert_to_numpy(x))
+        return np.concatenate(embeddings, axis=0), np.concatenate(hidden, axis=0)
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """The input of the first Dropout (B, ...): base + head layers before it."""
+        return self.forward(images)[1]
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Deterministic probabilities (B, C): dropout off, identical to `model(x)`."""
@@ -118,18 +128,19 @@ class MCDropoutPredictor:
 
     def sample_each(
         self, images: np.ndarray, samples: Sequence[int], image_seeds: Sequence[ImageSeed]
-    ) -> list[np.ndarray]:
-        """Like `sample`, but image i gets `samples[i]` draws: a list of (T_i, C) arrays.
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        """Like `sample`, but image i gets `samples[i]` draws.
 
-        The deterministic part still runs once for the whole batch; the
-        stochastic part runs once per distinct T.
+        Returns a list of (T_i, C) arrays and the embeddings (B, D). The
+        deterministic part still runs once for the whole batch; the stochastic
+        part runs once per distinct T.
         """
         if len(samples) != len(images) or min(samples, default=1) < 1:
             raise ValueError(
                 f"Invalid value for `samples`: expected {len(images)} counts >= 1, "
                 f"received {list(samples)}"
             )
-        features = self.features(images)  # (B, ...)
+        embeddings, features = self.forward(images)  # (B, D), (B, ...)
         rngs = _image_rngs(len(images), None, image_seeds)
         out: list[np.ndarray] = [np.empty(0)] * len(images)
         for count in sorted(set(samples)):
@@ -137,7 +148,7 @@ class MCDropoutPredictor:
             draws = self.sample_from_features(features[members], count, [rngs[i] for i in members])
             for position, i in enumerate(members):
                 out[i] = draws[position]  # (T_i, C)
-        return out
+        return out, embeddings
 
     def sample_from_features(
         self, features: np.ndarray, samples: int, rngs: Sequence[np.random.Generator]
@@ -153,13 +164,24 @@ class MCDropoutPredictor:
             out.append(probs.reshape(len(part), samples, -1))  # (b, T, C)
         return np.concatenate(out, axis=0)
 
+    def predict_from_features(self, features: np.ndarray) -> np.ndarray:
+        """Deterministic probabilities (B, C) from `features` output: dropout off."""
+        chunks = [
+            self._run_suffix(features[start : start + self.batch_size], 1, None)
+            for start in range(0, len(features), self.batch_size)
+        ]
+        return np.concatenate(chunks, axis=0)
+
     def _run_suffix(
-        self, x: np.ndarray, samples: int, rngs: Sequence[np.random.Generator]
+        self, x: np.ndarray, samples: int, rngs: Sequence[np.random.Generator] | None
     ) -> np.ndarray:
-        """Suffix layers in inference mode; each Dropout becomes a per-image mask."""
+        """Suffix layers in inference mode; each Dropout becomes a per-image mask (none
+        when `rngs` is None: the deterministic answer)."""
         tensor = ops.convert_to_tensor(x)
         for layer in self._suffix:
             if isinstance(layer, keras.layers.Dropout):
+                if rngs is None:
+                    continue
                 tensor = tensor * _dropout_masks(rngs, samples, tuple(tensor.shape[1:]), layer.rate)
             else:
                 tensor = layer(tensor, training=False)

@@ -10,8 +10,10 @@ Image `index` of a request with `seed` draws its dropout masks from the stream
 does, so a batched answer equals the answer the request gets alone. float64
 holds seeds below 2**53 and float32 pixels exactly.
 
-The answer is (N, T_max, C) float32: rows of images that asked for fewer
-samples than the largest in the batch are padded with NaN after their T.
+The answer is (N, 1 + T_max * C) float32: column 0 is the image's OOD score
+(NaN when the model has no feature density), then its (T_max, C) samples,
+flattened; images that asked for fewer samples than the largest in the batch
+are padded with NaN after their T.
 """
 
 from __future__ import annotations
@@ -47,16 +49,19 @@ def unpack(
     return images, streams, samples
 
 
-def trim(answer: np.ndarray, samples: int) -> np.ndarray:
-    """A request's rows of the batch answer, without the NaN padding: (n, T, C)."""
-    return answer[:, :samples]
+def split_answer(answer: np.ndarray, samples: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """A request's rows of the batch answer -> OOD scores (n,), samples (n, T, C)."""
+    answer = np.asarray(answer, dtype=np.float32)
+    draws = answer[:, 1:].reshape(len(answer), -1, classes)  # (n, T_max, C)
+    return answer[:, 0], draws[:, :samples]
 
 
-def pad(draws: list[np.ndarray]) -> np.ndarray:
-    """Per-image (T_i, C) samples -> (N, T_max, C) float32, NaN after each T_i."""
+def join_answer(draws: list[np.ndarray], ood_scores: np.ndarray) -> np.ndarray:
+    """Per-image (T_i, C) samples and OOD scores (N,) -> (N, 1 + T_max * C), NaN-padded."""
     longest = max(len(d) for d in draws)
     classes = draws[0].shape[1]
-    out = np.full((len(draws), longest, classes), np.nan, dtype=np.float32)
+    padded = np.full((len(draws), longest, classes), np.nan, dtype=np.float32)
     for i, d in enumerate(draws):
-        out[i, : len(d)] = d
-    return out
+        padded[i, : len(d)] = d
+    flat = padded.reshape(len(draws), -1)
+    return np.concatenate([np.asarray(ood_scores, np.float32)[:, None], flat], axis=1)

@@ -23,6 +23,7 @@ async def metadata(request: Request) -> JSONResponse:
         max_samples=settings.max_samples,
         max_images=settings.max_images,
         uncertain_threshold=card.uncertain_threshold,
+        ood_threshold=card.ood_threshold,
         metrics=card.metrics,
     )
     return JSONResponse(body.model_dump())

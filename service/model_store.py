@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import bentoml
 import keras
+import numpy as np
 import tensorflow as tf
 
 from models.card import ModelCard
+from models.density import FeatureDensity
 from models.mc_dropout import MCDropoutPredictor
 
 
@@ -25,6 +29,14 @@ def require_model(tag: str) -> None:
 def load_card(card_json: str) -> ModelCard:
     """The model card saved as JSON in the model's metadata."""
     return ModelCard.model_validate_json(card_json)
+
+
+def load_density(path: str) -> FeatureDensity | None:
+    """The feature-density OOD model saved with the network, if the model has one."""
+    if not Path(path).is_file():
+        return None
+    with np.load(path) as arrays:
+        return FeatureDensity.from_arrays(dict(arrays))
 
 
 def enable_memory_growth() -> list[str]:

@@ -9,8 +9,10 @@ from models.card import ModelCard
 from service.schemas import ImagePrediction
 
 
-def to_predictions(samples: np.ndarray, card: ModelCard) -> list[ImagePrediction]:
-    """One `ImagePrediction` per image of samples shaped (n, T, C)."""
+def to_predictions(
+    samples: np.ndarray, ood_scores: np.ndarray, card: ModelCard
+) -> list[ImagePrediction]:
+    """One `ImagePrediction` per image of samples (n, T, C) and OOD scores (n,) (NaN: none)."""
     mean = uncertainty.mean_probabilities(samples)  # (n, C)
     mean = mean / mean.sum(axis=1, keepdims=True)  # float32 round-off: sums to 1
     variance = uncertainty.variance(samples)  # (n, C)
@@ -32,6 +34,15 @@ def to_predictions(samples: np.ndarray, card: ModelCard) -> list[ImagePrediction
                 aleatoric=float(aleatoric[i]),
                 epistemic=float(epistemic[i]),
                 uncertain=threshold is not None and bool(epistemic[i] > threshold),
+                ood_score=None if np.isnan(ood_scores[i]) else float(ood_scores[i]),
+                out_of_distribution=_is_ood(float(ood_scores[i]), card.ood_threshold),
             )
         )
     return predictions
+
+
+def _is_ood(score: float, threshold: float | None) -> bool | None:
+    """Score above the model's threshold; None when the model has no density or threshold."""
+    if threshold is None or np.isnan(score):
+        return None
+    return score > threshold

@@ -25,6 +25,13 @@ class ImagePrediction(BaseModel):
     aleatoric: float = Field(description="Expected entropy of the samples (nats).")
     epistemic: float = Field(description="Mutual information (nats): model uncertainty.")
     uncertain: bool = Field(description="Epistemic uncertainty above the model's threshold.")
+    ood_score: float | None = Field(
+        description="Negative log density of the image's base features under the training "
+        "features' class-conditional Gaussians: higher is less like the training data."
+    )
+    out_of_distribution: bool | None = Field(
+        description="ood_score above the threshold stored with the model."
+    )
 
 
 class PredictionResponse(BaseModel):
@@ -60,4 +67,5 @@ class ModelMetadata(BaseModel):
     max_samples: int
     max_images: int
     uncertain_threshold: float | None
+    ood_threshold: float | None
     metrics: dict[str, float]

@@ -18,13 +18,13 @@ import numpy as np
 from pydantic import Field, StrictInt
 from starlette.responses import JSONResponse
 
-from models.card import CARD_KEY, MODEL_FILE, ModelCard
+from models.card import CARD_KEY, DENSITY_FILE, MODEL_FILE, ModelCard
 from models.preprocessing import preprocess_images
 from service import jobs
 from service.decoding import BadInput, check_array, decode_image
 from service.metadata import metadata_app
 from service.metrics import observe
-from service.model_store import load_card, load_predictor, require_model
+from service.model_store import load_card, load_density, load_predictor, require_model
 from service.predictions import to_predictions
 from service.schemas import SEED_MAX, ArrayRequest, PixelArray, PredictionResponse
 from service.settings import ServiceSettings
@@ -50,6 +50,7 @@ class ModelService:
     def __init__(self) -> None:
         self.card: ModelCard = load_card(self.bento_model.info.metadata[CARD_KEY])
         self.predictor = load_predictor(self.bento_model.path_of(MODEL_FILE))
+        self.density = load_density(self.bento_model.path_of(DENSITY_FILE))
 
     @bentoml.on_startup
     def warm_up(self) -> None:
@@ -66,8 +67,12 @@ class ModelService:
         """Sample every image of the (possibly merged) batch; see `service.jobs`."""
         images, streams, samples = jobs.unpack(rows, self.card.input_shape)
         observe.batch(len(images))
-        draws = self.predictor.sample_each(images, samples.tolist(), streams)
-        return jobs.pad(draws)
+        draws, embeddings = self.predictor.sample_each(images, samples.tolist(), streams)
+        if self.density is None:
+            scores = np.full(len(images), np.nan)
+        else:
+            scores = -self.density.log_density(embeddings)
+        return jobs.join_answer(draws, scores)
 
 
 def _bad(error: BadInput) -> JSONResponse:
@@ -100,9 +105,9 @@ class ApiService:
             raise BadInput(f"samples: {samples} exceeds the limit of {SETTINGS.max_samples}")
         seed = int(np.random.default_rng().integers(SEED_MAX)) if seed is None else seed
         x = preprocess_images(images, self.card.model.preprocessing)  # (n, H, W, 3)
-        answer = self.model_service.sample(jobs.pack(x, seed, samples))  # (n, T_max, C)
-        draws = jobs.trim(np.asarray(answer), samples)  # (n, T, C)
-        predictions = to_predictions(draws, self.card)
+        answer = self.model_service.sample(jobs.pack(x, seed, samples))
+        scores, draws = jobs.split_answer(answer, samples, self.card.model.num_classes)
+        predictions = to_predictions(draws, scores, self.card)  # draws: (n, T, C)
         observe.predictions(predictions, samples)
         return PredictionResponse(
             model=self.tag, samples=samples, seed=seed, predictions=predictions

@@ -9,6 +9,9 @@ from PIL import Image
 
 from models.card import ModelCard
 from models.config import HeadConfig, ModelConfig
+from models.density import FeatureDensity
+from models.mc_dropout import MCDropoutPredictor
+from models.preprocessing import preprocess_images
 from tests.conftest import TINY, randomize_bn_statistics, tiny_model
 from training.export import export_model
 
@@ -17,17 +20,23 @@ HEAD = HeadConfig(hidden_units=(16,), dropout_rates=(0.5,), input_dropout=0.3)
 
 
 def export_tiny(name: str = "uqserve_test") -> str:
-    """Export a tiny 32x32 model with non-trivial BN statistics; returns its tag."""
+    """Export a tiny 32x32 model with non-trivial BN statistics and a feature density."""
     model = tiny_model(HEAD, num_classes=len(CLASSES))
     randomize_bn_statistics(model)
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, (40, 32, 32, 3)).astype(np.float32)
+    embeddings, _ = MCDropoutPredictor(model).forward(preprocess_images(train, TINY))
+    density = FeatureDensity.fit(embeddings, np.arange(40) % len(CLASSES))
+    ood_scores = -density.log_density(embeddings)
     card = ModelCard(
         class_names=CLASSES,
         model=ModelConfig(num_classes=len(CLASSES), preprocessing=TINY, head=HEAD),
         mc_samples=6,
         uncertain_threshold=0.05,
+        ood_threshold=float(np.quantile(ood_scores, 0.95)),
         metrics={"test_accuracy": 0.5},
     )
-    return export_model(model, card, name)
+    return export_model(model, card, name, density)
 
 
 def png(seed: int, size: tuple[int, int] = (24, 20), mode: str = "RGB") -> bytes:

@@ -119,3 +119,24 @@ def test_model_without_dropout_samples_its_deterministic_answer(images):
     samples = MCDropoutPredictor(plain).sample(images, samples=3, seed=0)
     expected = keras.ops.convert_to_numpy(plain(images, training=False))
     np.testing.assert_allclose(samples, np.repeat(expected[:, None], 3, axis=1), atol=1e-5)
+
+
+def test_forward_gives_embeddings_and_the_deterministic_answer(model, images):
+    predictor = MCDropoutPredictor(model, batch_size=4)
+    embeddings, hidden = predictor.forward(images)
+    assert embeddings.shape == (len(images), 512)
+    np.testing.assert_allclose(
+        predictor.predict_from_features(hidden), predictor.predict(images), atol=1e-5
+    )
+
+
+def test_sample_each_gives_each_image_its_own_count(model, images):
+    predictor = MCDropoutPredictor(model)
+    counts = [3, 5, 3, 1, 5, 2]
+    seeds = [(9, i) for i in range(len(images))]
+    draws, embeddings = predictor.sample_each(images, counts, seeds)
+    assert [len(d) for d in draws] == counts
+    assert embeddings.shape[0] == len(images)
+    for i, count in enumerate(counts):  # the same as asking for that image alone
+        alone = predictor.sample(images[i : i + 1], count, image_seeds=[seeds[i]])[0]
+        np.testing.assert_allclose(draws[i], alone, atol=1e-5)

@@ -37,6 +37,8 @@ def _check_response(body: dict, images: int, samples: int, tag: str) -> None:
         assert 0.0 <= p["epistemic"] <= p["predictive_entropy"] + 1e-9
         assert p["aleatoric"] == pytest.approx(p["predictive_entropy"] - p["epistemic"], abs=1e-6)
         assert p["uncertain"] == (p["epistemic"] > 0.05)
+        assert np.isfinite(p["ood_score"])
+        assert isinstance(p["out_of_distribution"], bool)
 
 
 def _reference(tag: str, blob: bytes, samples: int, stream: tuple[int, int]) -> np.ndarray:

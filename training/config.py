@@ -90,6 +90,9 @@ class TrainConfig(Frozen):
     uncertain_quantile: float = Field(
         0.95, gt=0.0, lt=1.0, description="Quantile of validation MI used as the threshold."
     )
+    ood_quantile: float = Field(
+        0.95, gt=0.0, lt=1.0, description="Quantile of validation OOD scores used as the threshold."
+    )
     seed: int = 42
     model_name: str = Field("uqserve_vgg16", pattern=r"^[a-zA-Z0-9_][a-zA-Z0-9_.\-]*$")
     output_dir: Path = Path("runs")

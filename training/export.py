@@ -7,9 +7,11 @@ import platform
 
 import bentoml
 import keras
+import numpy as np
 import tensorflow as tf
 
-from models.card import CARD_KEY, MODEL_FILE, ModelCard
+from models.card import CARD_KEY, DENSITY_FILE, MODEL_FILE, ModelCard
+from models.density import FeatureDensity
 
 CONFIG_FILE = "model_card.json"
 
@@ -28,8 +30,10 @@ def framework_versions() -> dict[str, str]:
     }
 
 
-def export_model(model: keras.Model, card: ModelCard, name: str) -> str:
-    """Save the model and its card into the model store; returns the tag."""
+def export_model(
+    model: keras.Model, card: ModelCard, name: str, density: FeatureDensity | None = None
+) -> str:
+    """Save the model, its card and its feature density into the model store; returns the tag."""
     metadata = {
         CARD_KEY: card.model_dump_json(),  # whole card; metadata values may not be None
         "class_names": list(card.class_names),
@@ -40,6 +44,8 @@ def export_model(model: keras.Model, card: ModelCard, name: str) -> str:
     labels = {"framework": "keras", "task": "image-classification", "uncertainty": "mc-dropout"}
     with bentoml.models.create(name, labels=labels, metadata=metadata) as bento_model:
         model.save(bento_model.path_of(MODEL_FILE))
+        if density is not None:
+            np.savez(bento_model.path_of(DENSITY_FILE), **density.to_arrays())
         with open(bento_model.path_of(CONFIG_FILE), "w") as handle:
             json.dump(card.model_dump(mode="json"), handle, indent=2)
     return str(bento_model.tag)

@@ -12,12 +12,13 @@ import numpy as np
 
 from models.card import ModelCard
 from models.config import ModelConfig
+from models.density import FeatureDensity
 from models.mc_dropout import MCDropoutPredictor
-from models.preprocessing import preprocess_images
 from models.uncertainty import mutual_information, summarize
 from training.config import TrainConfig
-from training.data import Dataset, load_dataset, split_dataset
+from training.data import Splits, load_dataset, split_dataset
 from training.export import export_model, framework_versions
+from training.outputs import SplitOutputs, predictor_outputs
 from training.plots import plot_learning_curves
 from training.train import History, train_model
 
@@ -33,38 +34,36 @@ class TrainResult:
     tag: str | None
 
 
-def _samples(
-    predictor: MCDropoutPredictor,
-    dataset: Dataset,
-    card_config: ModelConfig,
-    samples: int,
-    seed: int,
-) -> np.ndarray:
-    images = preprocess_images(dataset.images, card_config.preprocessing)
-    return predictor.sample(images, samples, seed=seed)  # (B, T, C)
-
-
-def evaluate_run(
-    model: keras.Model, model_config: ModelConfig, splits_test: Dataset, config: TrainConfig
-) -> dict[str, float]:
-    """Test metrics of the deterministic prediction and of MC dropout at `mc_samples`."""
-    predictor = MCDropoutPredictor(model)
-    images = preprocess_images(splits_test.images, model_config.preprocessing)
-    deterministic = predictor.predict(images)[:, None, :]  # (B, 1, C)
-    sampled = predictor.sample(images, config.mc_samples, seed=config.seed)  # (B, T, C)
-    metrics = {f"test_{k}": v for k, v in summarize(deterministic, splits_test.labels).items()}
+def test_metrics(outputs: SplitOutputs, labels: np.ndarray) -> dict[str, float]:
+    """Deterministic and MC-dropout metrics of the test split."""
+    metrics = {f"test_{k}": v for k, v in summarize(outputs.deterministic[:, None], labels).items()}
     metrics.pop("test_mean_mutual_information")
-    metrics.update({f"test_mc_{k}": v for k, v in summarize(sampled, splits_test.labels).items()})
+    metrics.update({f"test_mc_{k}": v for k, v in summarize(outputs.samples, labels).items()})
     return metrics
 
 
-def uncertain_threshold(
-    model: keras.Model, model_config: ModelConfig, validation: Dataset, config: TrainConfig
-) -> float:
-    """The `uncertain_quantile` of mutual information on validation images."""
+def fit_uncertainty(
+    model: keras.Model, splits: Splits, config: TrainConfig
+) -> tuple[FeatureDensity, dict[str, float], dict[str, float]]:
+    """Feature density on train; thresholds on validation; metrics on test.
+
+    Returns the density, the thresholds (`uncertain_threshold`, `ood_threshold`)
+    and the test metrics.
+    """
     predictor = MCDropoutPredictor(model)
-    samples = _samples(predictor, validation, model_config, config.mc_samples, config.seed)
-    return float(np.quantile(mutual_information(samples), config.uncertain_quantile))
+    prep, seed, samples = config.preprocessing, config.seed, config.mc_samples
+    train = predictor_outputs(predictor, splits.train.images, prep, 0, seed)
+    density = FeatureDensity.fit(train.embeddings, splits.train.labels)
+    validation = predictor_outputs(predictor, splits.validation.images, prep, samples, seed)
+    ood_scores = -density.log_density(validation.embeddings)
+    thresholds = {
+        "uncertain_threshold": float(
+            np.quantile(mutual_information(validation.samples), config.uncertain_quantile)
+        ),
+        "ood_threshold": float(np.quantile(ood_scores, config.ood_quantile)),
+    }
+    test = predictor_outputs(predictor, splits.test.images, prep, samples, seed)
+    return density, thresholds, test_metrics(test, splits.test.labels)
 
 
 def _run_dir(config: TrainConfig) -> Path:
@@ -82,12 +81,12 @@ def run_training(config: TrainConfig, verbose: int = 1) -> TrainResult:
     model_config = ModelConfig(
         num_classes=len(data.class_names), preprocessing=config.preprocessing, head=config.head
     )
-    metrics = evaluate_run(model, model_config, splits.test, config)
+    density, thresholds, metrics = fit_uncertainty(model, splits, config)
     card = ModelCard(
         class_names=data.class_names,
         model=model_config,
         mc_samples=config.mc_samples,
-        uncertain_threshold=uncertain_threshold(model, model_config, splits.validation, config),
+        **thresholds,
         metrics=metrics,
         training=config.model_dump(mode="json"),
         versions=framework_versions(),
@@ -95,5 +94,5 @@ def run_training(config: TrainConfig, verbose: int = 1) -> TrainResult:
     plot_learning_curves(history.logs, history.phases, run_dir / "learning_curve.png")
     (run_dir / "config.json").write_text(json.dumps(card.training, indent=2))
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    tag = export_model(model, card, config.model_name) if config.export else None
+    tag = export_model(model, card, config.model_name, density) if config.export else None
     return TrainResult(model, card, history, run_dir, tag)

@@ -1,0 +1,45 @@
+"""Everything evaluation needs from one pass over a split: embeddings, deterministic
+probabilities and Monte Carlo samples, with the deterministic part run once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.config import PreprocessingConfig
+from models.mc_dropout import MCDropoutPredictor
+from models.preprocessing import preprocess_images
+
+CHUNK = 256  # images preprocessed at a time, to bound memory on large splits
+
+
+@dataclass(frozen=True)
+class SplitOutputs:
+    """One split's outputs; `samples` is (N, 0, C) when none were drawn."""
+
+    embeddings: np.ndarray  # (N, D) pooled base features
+    deterministic: np.ndarray  # (N, C)
+    samples: np.ndarray  # (N, T, C)
+
+
+def predictor_outputs(
+    predictor: MCDropoutPredictor,
+    images: np.ndarray,
+    preprocessing: PreprocessingConfig,
+    samples: int,
+    seed: int,
+) -> SplitOutputs:
+    """Embeddings, deterministic answer and `samples` MC draws (0: none) for raw images."""
+    embeddings, deterministic, draws = [], [], []
+    for start in range(0, len(images), CHUNK):
+        x = preprocess_images(images[start : start + CHUNK], preprocessing)
+        embedded, hidden = predictor.forward(x)  # (n, D), (n, ...)
+        embeddings.append(embedded)
+        deterministic.append(predictor.predict_from_features(hidden))
+        if samples > 0:
+            rngs = [np.random.default_rng([seed, start + i]) for i in range(len(x))]
+            draws.append(predictor.sample_from_features(hidden, samples, rngs))
+    classes = deterministic[0].shape[1]
+    sampled = np.concatenate(draws) if draws else np.empty((len(images), 0, classes))
+    return SplitOutputs(np.concatenate(embeddings), np.concatenate(deterministic), sampled)
