@@ -85,22 +85,33 @@ def brier_score(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(brier_score_loss(labels, probabilities, labels=classes, scale_by_half=False))
 
 
-def expected_calibration_error(
+def reliability(
     probabilities: np.ndarray, labels: np.ndarray, bins: int = 15
-) -> float:
-    """ECE with equal-width confidence bins: sum_b |acc_b - conf_b| * n_b / n."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-label reliability: per equal-width confidence bin, (accuracy, confidence, count).
+
+    Bin b holds confidences in (b/bins, (b+1)/bins]; empty bins have NaN
+    accuracy and confidence.
+    """
     probabilities = np.asarray(probabilities, dtype=np.float64)
     labels = _check_labels(labels, probabilities.shape[0])
     confidence = probabilities.max(axis=1)
     correct = (probabilities.argmax(axis=1) == labels).astype(np.float64)
-    # Bin b holds confidences in (b/bins, (b+1)/bins]; a confidence of 0 goes to bin 0.
     index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
     counts = np.bincount(index, minlength=bins)
-    gap = np.abs(
-        np.bincount(index, weights=correct, minlength=bins)
-        - np.bincount(index, weights=confidence, minlength=bins)
-    )
-    return float(gap.sum() / max(counts.sum(), 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        hits = np.bincount(index, weights=correct, minlength=bins) / counts
+        mean_confidence = np.bincount(index, weights=confidence, minlength=bins) / counts
+    return hits, mean_confidence, counts
+
+
+def expected_calibration_error(
+    probabilities: np.ndarray, labels: np.ndarray, bins: int = 15
+) -> float:
+    """ECE with equal-width confidence bins: sum_b |acc_b - conf_b| * n_b / n."""
+    hits, confidence, counts = reliability(probabilities, labels, bins)
+    gaps = np.nan_to_num(np.abs(hits - confidence)) * counts
+    return float(gaps.sum() / max(counts.sum(), 1))
 
 
 def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:

@@ -87,3 +87,29 @@ def test_summarize_reports_every_metric():
     assert summary["accuracy"] == 1.0
     assert summary["nll"] == pytest.approx(-(np.log(0.9) + np.log(0.8)) / 2)
     assert set(summary) == {"accuracy", "nll", "brier", "ece", "mean_mutual_information"}
+
+
+def test_reliability_matches_scikit_learn_calibration_curve():
+    from sklearn.calibration import calibration_curve
+
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.ones(3), size=400)
+    labels = rng.integers(0, 3, 400)
+    hits, confidence, counts = u.reliability(probs, labels, bins=15)
+    correct = (probs.argmax(axis=1) == labels).astype(int)
+    expected_hits, expected_confidence = calibration_curve(
+        correct, probs.max(axis=1), n_bins=15, strategy="uniform"
+    )
+    np.testing.assert_allclose(hits[counts > 0], expected_hits)
+    np.testing.assert_allclose(confidence[counts > 0], expected_confidence)
+
+
+def test_brier_matches_scikit_learn_for_two_classes():
+    from sklearn.metrics import brier_score_loss
+
+    rng = np.random.default_rng(4)
+    p1 = rng.uniform(size=50)
+    labels = rng.integers(0, 2, 50)
+    probs = np.column_stack([1 - p1, p1])
+    # scikit-learn's binary score is the squared error of p1; the two-class sum doubles it
+    assert u.brier_score(probs, labels) == pytest.approx(2 * brier_score_loss(labels, p1))

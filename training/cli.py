@@ -112,6 +112,17 @@ def _add_predict(subparsers: Any) -> None:
     parser.add_argument("--seed", type=int)
 
 
+def _add_evaluate(subparsers: Any) -> None:
+    parser = subparsers.add_parser("evaluate", help="calibration, OOD detection, abstention")
+    parser.add_argument("--model", default="uqserve_vgg16:latest", help="model store tag")
+    parser.add_argument("--samples", type=int, nargs="+", default=[1, 10, 30, 100],
+                        help="MC dropout T values to report")  # fmt: skip
+    parser.add_argument("--ood-folder", type=Path, action="append", default=[],
+                        help="extra OOD images (repeatable)")  # fmt: skip
+    parser.add_argument("--output", type=Path, default=Path("reports"))
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `uqserve` argument parser."""
     parser = argparse.ArgumentParser(prog="uqserve", description=__doc__.splitlines()[0])
@@ -119,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(subparsers)
     _add_pretrain(subparsers)
     _add_predict(subparsers)
+    _add_evaluate(subparsers)
     return parser
 
 
@@ -163,6 +175,22 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate
+
+    folder, result = evaluate(
+        args.model, args.output, sorted(args.samples), args.ood_folder, args.seed
+    )
+    for name, row in result.calibration.items():
+        figures = "  ".join(f"{m} {row[m]:.4f}" for m in ("accuracy", "nll", "ece"))
+        print(f"{name:>14}: {figures}")
+    for name, table in result.ood.items():
+        best = max(table, key=lambda score: table[score]["auroc"])
+        print(f"OOD {name}: best AUROC {table[best]['auroc']:.4f} ({best})")
+    print(f"report: {folder / 'report.md'}")
+    return 0
+
+
 def _describe(error: ValidationError) -> str:
     lines = [f"Invalid configuration ({error.error_count()} problem(s)):"]
     for item in error.errors():
@@ -174,7 +202,7 @@ def _describe(error: ValidationError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `uqserve` console script."""
     args = build_parser().parse_args(argv)
-    commands = {"train": _train, "pretrain": _pretrain, "predict": _predict}
+    commands = {"train": _train, "pretrain": _pretrain, "predict": _predict, "evaluate": _evaluate}
     try:
         return commands[args.command](args)
     except ValidationError as error:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import platform
+from pathlib import Path
+from typing import Any
 
 import bentoml
 import keras
@@ -51,15 +53,40 @@ def export_model(
     return str(bento_model.tag)
 
 
-def load_exported(tag: str) -> tuple[keras.Model, ModelCard]:
-    """A model from the store, loaded in Keras safe mode (no code runs from the file)."""
+def _get(tag: str) -> bentoml.Model:
     try:
-        bento_model = bentoml.models.get(tag)
+        return bentoml.models.get(tag)
     except bentoml.exceptions.NotFound as error:
         raise ModelNotFoundError(
             f"Model {tag!r} is not in the model store ({error}). Train one with `uqserve train` "
             "(or `make train`), or name another with --model."
         ) from error
+
+
+def load_exported(tag: str, with_density: bool = False) -> Any:
+    """(model, card), or (model, card, density or None) with `with_density`.
+
+    The model is loaded in Keras safe mode (no code runs from the file).
+    """
+    bento_model = _get(tag)
     card = ModelCard.model_validate_json(bento_model.info.metadata[CARD_KEY])
     model = keras.saving.load_model(bento_model.path_of(MODEL_FILE), safe_mode=True, compile=False)
-    return model, card
+    if not with_density:
+        return model, card
+    path = Path(bento_model.path_of(DENSITY_FILE))
+    if not path.is_file():
+        return model, card, None
+    with np.load(path) as arrays:
+        return model, card, FeatureDensity.from_arrays(dict(arrays))
+
+
+def resolve_tag(tag: str) -> str:
+    """The full tag ('name:version') that `tag` (perhaps 'name:latest') names."""
+    return str(_get(tag).tag)
+
+
+def update_metadata(tag: str, key: str, values: dict[str, float]) -> None:
+    """Add or replace one metadata entry of a stored model (e.g. evaluation figures)."""
+    bento_model = _get(tag)
+    bento_model.info.metadata[key] = values
+    bento_model.flush()

@@ -1,10 +1,13 @@
-"""Learning-curve plot of a training run."""
+"""Plots: learning curves, reliability diagrams, abstention curves."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+
+from models.uncertainty import expected_calibration_error, reliability
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -26,6 +29,40 @@ def plot_learning_curves(logs: dict[str, list[float]], phases: dict[str, int], p
         axis.set_title(metric)
         axis.grid(alpha=0.3)
         axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_reliability(probabilities: np.ndarray, labels: np.ndarray, title: str, path: Path) -> Path:
+    """Reliability diagram: accuracy per confidence bin against the diagonal, with ECE."""
+    hits, confidence, counts = reliability(probabilities, labels)
+    edges = np.linspace(0.0, 1.0, len(counts) + 1)
+    figure, axis = plt.subplots(figsize=(5, 5))
+    axis.bar(edges[:-1], np.nan_to_num(hits), width=np.diff(edges), align="edge",
+             edgecolor="black", alpha=0.7, label="accuracy")  # fmt: skip
+    axis.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    filled = counts > 0
+    axis.plot(confidence[filled], hits[filled], "o", color="C3", label="mean confidence")
+    ece = expected_calibration_error(probabilities, labels)
+    axis.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
+             title=f"{title} (ECE {ece:.4f}, n={counts.sum()})")  # fmt: skip
+    axis.legend(loc="upper left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_abstention(fractions: np.ndarray, curves: dict[str, list[float]], path: Path) -> Path:
+    """Accuracy on the kept inputs against the fraction rejected, one line per score."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for name, accuracy in curves.items():
+        axis.plot(fractions, accuracy, "o-", label=name)
+    axis.set(xlabel="fraction rejected (most uncertain first)", ylabel="accuracy of the rest")
+    axis.grid(alpha=0.3)
+    axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
