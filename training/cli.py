@@ -82,12 +82,39 @@ def nest(flat: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def _add_train(subparsers: Any) -> None:
-    parser = subparsers.add_parser("train", help="train and export a model")
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML or JSON file; flags override it")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     for flag, path, kwargs in TRAIN_FLAGS:
         parser.add_argument(flag, dest=path, default=argparse.SUPPRESS, **kwargs)
+
+
+def _config_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The config file's values with the given flags on top (not yet validated)."""
+    from training.config import deep_merge, read_config_file
+
+    paths = {p for _, p, _ in TRAIN_FLAGS}
+    flat = {k: v for k, v in vars(args).items() if k in paths}
+    values = read_config_file(args.config) if args.config is not None else {}
+    return deep_merge(values, nest(flat))
+
+
+def _add_train(subparsers: Any) -> None:
+    parser = subparsers.add_parser("train", help="train and export a model")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_config_flags(parser)
+
+
+def _add_compare(subparsers: Any) -> None:
+    from training.compare import EXPERIMENTS
+
+    parser = subparsers.add_parser("compare", help="the chapter's experiments, several seeds each")
+    parser.add_argument("--experiments", nargs="+", choices=list(EXPERIMENTS),
+                        default=list(EXPERIMENTS))  # fmt: skip
+    parser.add_argument("--seeds", type=int, default=3, help="runs per variant (seeds 0..N-1)")
+    quick_help = "tiny version for tests: 100 images, 32x32, 2 epochs, 2 variants"
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--output-report", type=Path, default=Path("reports/compare"))
+    _add_config_flags(parser)
 
 
 def _add_pretrain(subparsers: Any) -> None:
@@ -131,15 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain(subparsers)
     _add_predict(subparsers)
     _add_evaluate(subparsers)
+    _add_compare(subparsers)
     return parser
 
 
 def _train(args: argparse.Namespace) -> int:
-    from training.config import load_config
+    from training.config import TrainConfig
     from training.pipeline import run_training
 
-    flat = {k: v for k, v in vars(args).items() if "." in k or k in {p for _, p, _ in TRAIN_FLAGS}}
-    config = load_config(args.config, nest(flat))
+    config = TrainConfig.model_validate(_config_values(args))
     result = run_training(config, verbose=0 if args.quiet else 1)
     print(f"run folder: {result.run_dir}")
     for name, value in sorted(result.card.metrics.items()):
@@ -191,6 +218,29 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+QUICK = {
+    "data": {"limit": 100},
+    "preprocessing": {"image_size": (32, 32)},
+    "base_weights": "none",
+    "epochs": 2,
+    "head": {"hidden_units": (16,), "dropout_rates": (0.5,)},
+}
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from training.compare import compare
+    from training.config import TrainConfig, deep_merge
+
+    values = _config_values(args)
+    if args.quick:
+        values = deep_merge(QUICK, values)
+    TrainConfig.model_validate(values)  # report bad values before any work
+    report = compare(values, args.output_report, list(range(args.seeds)), args.experiments,
+                     quick=args.quick)  # fmt: skip
+    print(f"report: {report}")
+    return 0
+
+
 def _describe(error: ValidationError) -> str:
     lines = [f"Invalid configuration ({error.error_count()} problem(s)):"]
     for item in error.errors():
@@ -202,7 +252,13 @@ def _describe(error: ValidationError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `uqserve` console script."""
     args = build_parser().parse_args(argv)
-    commands = {"train": _train, "pretrain": _pretrain, "predict": _predict, "evaluate": _evaluate}
+    commands = {
+        "train": _train,
+        "pretrain": _pretrain,
+        "predict": _predict,
+        "evaluate": _evaluate,
+        "compare": _compare,
+    }
     try:
         return commands[args.command](args)
     except ValidationError as error:

@@ -99,11 +99,11 @@ class TrainConfig(Frozen):
     export: bool = True
 
 
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -121,4 +121,4 @@ def read_config_file(path: Path) -> dict[str, Any]:
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """File values, then overrides (nested dicts, e.g. from CLI flags), validated."""
     values = read_config_file(path) if path is not None else {}
-    return TrainConfig.model_validate(_deep_merge(values, overrides or {}))
+    return TrainConfig.model_validate(deep_merge(values, overrides or {}))

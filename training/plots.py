@@ -67,3 +67,25 @@ def plot_abstention(fractions: np.ndarray, curves: dict[str, list[float]], path:
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def plot_experiment(name: str, results: dict[str, list[dict]], path: Path) -> Path:
+    """Learning curves of one experiment: validation accuracy and training loss per
+    epoch, mean over seeds, one line per variant."""
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for variant, runs in results.items():
+        for axis, key in zip(axes, ("val_accuracy", "loss"), strict=True):
+            longest = max(len(run[key]) for run in runs)
+            padded = np.full((len(runs), longest), np.nan)
+            for i, run in enumerate(runs):
+                padded[i, : len(run[key])] = run[key]
+            axis.plot(np.arange(1, longest + 1), np.nanmean(padded, axis=0), label=variant)
+    axes[0].set(title=f"{name}: validation accuracy", xlabel="epoch")
+    axes[1].set(title=f"{name}: training loss", xlabel="epoch", yscale="log")
+    for axis in axes:
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

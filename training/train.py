@@ -82,30 +82,44 @@ def fit_head(
     With `cache_features` the base runs once per image and the head trains on
     the cached features; otherwise images flow through the whole model each epoch.
     """
-    steps = int(np.ceil(len(splits.train.labels) / config.batch_size)) * config.epochs
-    callbacks = _callbacks(config, log_dir)
     if not config.cache_features:
+        steps = int(np.ceil(len(splits.train.labels) / config.batch_size)) * config.epochs
         model.compile(build_optimizer(config.optimizer, steps), LOSS, metrics=["accuracy"])
         return model.fit(
             image_pipeline(splits.train, config.preprocessing, config.batch_size, config.seed),
             validation_data=image_pipeline(splits.validation, config.preprocessing, 256),
             epochs=config.epochs,
             shuffle=False,  # the pipeline shuffles
-            callbacks=callbacks,
+            callbacks=_callbacks(config, log_dir),
             verbose=verbose,
         )
-    base, head = get_base(model), get_head(model)
+    base = get_base(model)
     train_x = base_features(base, splits.train, config.preprocessing)
     val_x = base_features(base, splits.validation, config.preprocessing)
+    return fit_on_features(
+        get_head(model), (train_x, splits.train.labels), (val_x, splits.validation.labels),
+        config, log_dir, verbose,
+    )  # fmt: skip
+
+
+def fit_on_features(
+    head: keras.Model,
+    train: tuple[np.ndarray, np.ndarray],
+    validation: tuple[np.ndarray, np.ndarray],
+    config: TrainConfig,
+    log_dir: Path | None,
+    verbose: int,
+) -> keras.callbacks.History:
+    """Train a head on cached base features (features, labels) with the run's optimizer."""
+    steps = int(np.ceil(len(train[1]) / config.batch_size)) * config.epochs
     head.compile(build_optimizer(config.optimizer, steps), LOSS, metrics=["accuracy"])
     return head.fit(
-        train_x,
-        splits.train.labels,
-        validation_data=(val_x, splits.validation.labels),
+        *train,
+        validation_data=validation,
         batch_size=config.batch_size,
         epochs=config.epochs,
         shuffle=True,
-        callbacks=callbacks,
+        callbacks=_callbacks(config, log_dir),
         verbose=verbose,
     )
 

@@ -1,0 +1,41 @@
+"""A tiny `uqserve compare --quick` run writes its tables and plots."""
+
+from __future__ import annotations
+
+import json
+
+from training.cli import main
+from training.compare import EXPERIMENTS
+
+
+def test_compare_quick_writes_report_tables_and_plots(tmp_path, capsys):
+    output = tmp_path / "compare"
+    code = main([
+        "compare", "--quick", "--seeds", "2", "--experiments", "optimizers", "clipping",
+        "--output-report", str(output),
+    ])  # fmt: skip
+    assert code == 0
+    results = json.loads((output / "results.json").read_text())
+    assert set(results) == {"optimizers", "clipping"}
+    assert list(results["clipping"]) == [name for name, _ in EXPERIMENTS["clipping"]]
+    for runs in results["optimizers"].values():
+        assert len(runs) == 2  # one per seed
+        for run in runs:
+            assert 0.0 <= run["best_val_accuracy"] <= 1.0
+            assert 1 <= run["epochs_to_best"] <= len(run["val_accuracy"])
+    report = (output / "report.md").read_text()
+    assert "| sgd |" in report and "±" in report
+    assert (output / "optimizers.png").stat().st_size > 1000
+    assert (output / "clipping.png").stat().st_size > 1000
+    assert "report:" in capsys.readouterr().out
+
+
+def test_every_experiment_variant_is_a_valid_config():
+    from training.config import TrainConfig, deep_merge
+
+    for variants in EXPERIMENTS.values():
+        for _, change in variants:
+            TrainConfig.model_validate(deep_merge({}, change))
+    assert {"optimizers", "bn_dropout", "schedules", "init_activation", "clipping"} == set(
+        EXPERIMENTS
+    )

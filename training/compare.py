@@ -1,0 +1,157 @@
+"""`uqserve compare`: the chapter's exercises as controlled experiments.
+
+The frozen base runs once per image (cached features); every run then trains
+only a head, so the whole default suite fits in minutes on a CPU. Each variant
+runs with several fixed seeds; tables report mean ± std.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from models.backbone import build_base
+from models.head import build_head
+from models.uncertainty import expected_calibration_error, nll
+from training.config import TrainConfig, deep_merge
+from training.data import load_dataset, split_dataset
+from training.features import base_features
+from training.plots import plot_experiment
+from training.report import table
+from training.train import fit_on_features
+
+GLOROT_HE = ("glorot_uniform", "he_normal")
+ACTIVATIONS = ("relu", "leaky_relu", "elu", "selu")
+HIGH_RATE = {"name": "sgd", "learning_rate": 0.5, "momentum": 0.9}
+
+EXPERIMENTS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "optimizers": [
+        (name, {"optimizer": {"name": name}})
+        for name in ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "nadam")
+    ],
+    "bn_dropout": [
+        ("BN + dropout", {}),
+        ("BN only", {"head": {"dropout_rates": (0.0,)}}),
+        ("dropout only", {"head": {"batch_norm": False}}),
+        ("neither", {"head": {"batch_norm": False, "dropout_rates": (0.0,)}}),
+    ],
+    "schedules": [
+        (name, {"optimizer": {"schedule": name}})
+        for name in ("constant", "exponential", "piecewise", "onecycle", "plateau")
+    ],
+    "init_activation": [
+        (f"{init} + {act}", {"head": {"initializer": init, "activation": act}})
+        for init in GLOROT_HE
+        for act in ACTIVATIONS
+    ],
+    "clipping": [
+        ("no clipping, lr 0.5", {"optimizer": {**HIGH_RATE, "name": "momentum"}}),
+        ("clipnorm 1.0, lr 0.5", {"optimizer": {**HIGH_RATE, "name": "momentum", "clipnorm": 1.0}}),
+    ],
+}
+
+
+@dataclass(frozen=True)
+class Cached:
+    """Base features and labels of the three splits."""
+
+    train: tuple[np.ndarray, np.ndarray]
+    validation: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray]
+    classes: int
+
+
+def cache_features(config: TrainConfig) -> Cached:
+    """Run the frozen base once over every split."""
+    data = load_dataset(config.data.dataset, config.preprocessing.image_size)
+    splits = split_dataset(data, config.data, config.seed)
+    base = build_base((*config.preprocessing.image_size, 3), config.base_weights)
+    parts = [
+        (base_features(base, part, config.preprocessing), part.labels)
+        for part in (splits.train, splits.validation, splits.test)
+    ]
+    return Cached(*parts, classes=len(data.class_names))
+
+
+def run_once(cached: Cached, config: TrainConfig) -> dict[str, Any]:
+    """Train one head; its curves, best validation accuracy, test NLL and ECE, wall time."""
+    keras.utils.set_random_seed(config.seed)
+    head = build_head(cached.train[0].shape[1:], cached.classes, config.head)
+    start = time.perf_counter()
+    history = fit_on_features(head, cached.train, cached.validation, config, None, verbose=0)
+    seconds = time.perf_counter() - start
+    probs = head.predict(cached.test[0], verbose=0)  # deterministic (B, C)
+    val_accuracy = history.history["val_accuracy"]
+    loss = np.nan_to_num(history.history["loss"], nan=np.inf).tolist()
+    return {
+        "val_accuracy": [float(v) for v in val_accuracy],
+        "loss": [float(v) for v in loss],
+        "best_val_accuracy": float(np.max(val_accuracy)),
+        "epochs_to_best": int(np.argmax(val_accuracy)) + 1,
+        "test_nll": nll(probs[:, None], cached.test[1]),
+        "test_ece": expected_calibration_error(probs, cached.test[1]),
+        "seconds": seconds,
+    }
+
+
+def run_experiment(
+    cached: Cached, base: dict[str, Any], variants: list[tuple[str, dict]], seeds: list[int]
+) -> dict[str, list[dict[str, Any]]]:
+    """Every variant with every seed."""
+    results = {}
+    for name, change in variants:
+        runs = []
+        for seed in seeds:
+            config = TrainConfig.model_validate(
+                deep_merge(deep_merge(base, change), {"seed": seed})
+            )
+            runs.append(run_once(cached, config))
+        results[name] = runs
+    return results
+
+
+def summary_rows(results: dict[str, list[dict[str, Any]]]) -> list[list[str]]:
+    """Mean ± std of each figure over seeds, one row per variant."""
+    figures = ("best_val_accuracy", "epochs_to_best", "test_nll", "test_ece", "seconds")
+    rows = []
+    for name, runs in results.items():
+        cells = []
+        for figure in figures:
+            values = np.array([run[figure] for run in runs], dtype=float)
+            cells.append(f"{values.mean():.4f} ± {values.std():.4f}")
+        rows.append([name, *cells])
+    return rows
+
+
+def compare(
+    base: dict[str, Any], output: Path, seeds: list[int], names: list[str], quick: bool = False
+) -> Path:
+    """Run the chosen experiments, write one PNG each, a Markdown report and JSON."""
+    config = TrainConfig.model_validate(base)
+    cached = cache_features(config)
+    output.mkdir(parents=True, exist_ok=True)
+    header = ["variant", "best val acc", "epochs to best", "test NLL", "test ECE", "wall s"]
+    sections, everything = [], {}
+    for name in names:
+        variants = EXPERIMENTS[name][:2] if quick else EXPERIMENTS[name]
+        results = run_experiment(cached, base, variants, seeds)
+        plot_experiment(name, results, output / f"{name}.png")
+        sections.append(
+            f"## {name}\n\n{table(header, summary_rows(results))}\n\n![{name}]({name}.png)"
+        )
+        everything[name] = results
+    (output / "results.json").write_text(json.dumps(everything, indent=2))
+    intro = (
+        f"# uqserve compare\n\nDataset `{config.data.dataset}`, {len(seeds)} seeds {seeds}, "
+        f"up to {config.epochs} epochs, early stopping patience {config.early_stopping_patience}; "
+        "heads trained on cached features of the frozen base. Mean ± std over seeds.\n"
+    )
+    report = output / "report.md"
+    report.write_text(intro + "\n" + "\n\n".join(sections) + "\n")
+    return report
