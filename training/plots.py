@@ -44,7 +44,8 @@ def plot_reliability(probabilities: np.ndarray, labels: np.ndarray, title: str, 
              edgecolor="black", alpha=0.7, label="accuracy")  # fmt: skip
     axis.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
     filled = counts > 0
-    axis.plot(confidence[filled], hits[filled], "o", color="C3", label="mean confidence")
+    label = "bin: (mean confidence, accuracy)"
+    axis.plot(confidence[filled], hits[filled], "o", color="C3", label=label)
     ece = expected_calibration_error(probabilities, labels)
     axis.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
              title=f"{title} (ECE {ece:.4f}, n={counts.sum()})")  # fmt: skip
