@@ -118,13 +118,14 @@ def run_experiment(
 
 def summary_rows(results: dict[str, list[dict[str, Any]]]) -> list[list[str]]:
     """Mean ± std of each figure over seeds, one row per variant."""
-    figures = ("best_val_accuracy", "epochs_to_best", "test_nll", "test_ece", "seconds")
+    figures = {"best_val_accuracy": 4, "epochs_to_best": 1, "test_nll": 4, "test_ece": 4,
+               "seconds": 1}  # fmt: skip
     rows = []
     for name, runs in results.items():
         cells = []
-        for figure in figures:
+        for figure, digits in figures.items():
             values = np.array([run[figure] for run in runs], dtype=float)
-            cells.append(f"{values.mean():.4f} ± {values.std():.4f}")
+            cells.append(f"{values.mean():.{digits}f} ± {values.std():.{digits}f}")
         rows.append([name, *cells])
     return rows
 
