@@ -9,7 +9,11 @@ PORT ?= 3000
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export BENTOML_DO_NOT_TRACK ?= true
 
-.PHONY: install train model serve bento test lint format clean
+USERS ?= 16
+SPAWN_RATE ?= 4
+DURATION ?= 60s
+
+.PHONY: install train model serve bento loadtest bench test lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +35,15 @@ serve: model ## serve the model on port $(PORT) (from source)
 
 bento: model ## build the bento (no Docker needed); GPU variant: make bento BENTOFILE=bentofile.gpu.yaml
 	UQSERVE_MODEL=$(MODEL) $(BIN)/bentoml build -f $(or $(BENTOFILE),bentofile.yaml) .
+
+loadtest: model ## build the bento, serve it, Locust for $(DURATION) with $(USERS) users; reports/loadtest/
+	$(BIN)/python load_tests/run_loadtest.py --model $(MODEL) --users $(USERS) \
+		--spawn-rate $(SPAWN_RATE) --duration $(DURATION)
+
+bench: model ## in-process MC cost table, then served vs in-process throughput; reports/bench/
+	$(BIN)/python load_tests/bench.py
+	$(BIN)/python load_tests/run_loadtest.py --model $(MODEL) --users $(USERS) \
+		--spawn-rate $(SPAWN_RATE) --duration $(DURATION) --output reports/bench/served
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

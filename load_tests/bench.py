@@ -1,0 +1,110 @@
+"""`make bench` (in-process part): what uncertainty costs over a plain prediction.
+
+One model, one run: deterministic prediction vs the split MC-dropout predictor
+vs the naive reference (T full forward passes, Keras' Dropout on, BN in
+inference mode), for each T and batch size. Times are the best of
+`--repeats` calls. The naive reference costs T full passes; it is timed over
+`--naive-passes` of them and scaled to T (its cost is linear in T).
+
+    python load_tests/bench.py --size 150 --samples 10 30 100 --batches 1 16 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from models.architecture import build_model  # noqa: E402
+from models.config import ModelConfig, PreprocessingConfig  # noqa: E402
+from models.mc_dropout import MCDropoutPredictor, naive_mc_samples  # noqa: E402
+
+
+def best_time(call: Callable[[], object], repeats: int) -> float:
+    """Fastest of `repeats` calls, in seconds (after one warm-up call)."""
+    call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def bench_batch(
+    predictor: MCDropoutPredictor, x: np.ndarray, grid: list[int], repeats: int, naive_passes: int
+) -> list[dict[str, float]]:
+    """One batch size: a row per T."""
+    deterministic = best_time(lambda: predictor.predict(x), repeats)
+    rows = []
+    for t in grid:
+        mc = best_time(lambda t=t: predictor.sample(x, t, seed=0), repeats)
+        passes = min(t, naive_passes)
+        naive = best_time(lambda p=passes: naive_mc_samples(predictor.model, x, p), 1) * t / passes
+        rows.append({
+            "batch": len(x), "samples": t,
+            "deterministic_images_per_s": len(x) / deterministic,
+            "mc_images_per_s": len(x) / mc,
+            "naive_images_per_s": len(x) / naive,
+            "mc_over_deterministic": mc / deterministic,
+            "naive_over_mc": naive / mc,
+        })  # fmt: skip
+    return rows
+
+
+def format_rows(rows: list[dict[str, float]]) -> str:
+    """A Markdown table of the results."""
+    lines = [
+        "| batch | T | deterministic img/s | MC img/s | naive img/s "
+        "| MC / det. time | naive / MC time |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['batch']} | {r['samples']} | {r['deterministic_images_per_s']:.2f} | "
+            f"{r['mc_images_per_s']:.2f} | {r['naive_images_per_s']:.3f} | "
+            f"{r['mc_over_deterministic']:.3f} | {r['naive_over_mc']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=150, help="input height and width")
+    parser.add_argument("--samples", type=int, nargs="+", default=[10, 30, 100])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--naive-passes", type=int, default=3)
+    parser.add_argument("--base-weights", default=os.environ.get("UQSERVE_BASE_WEIGHTS", "none"))
+    parser.add_argument("--output", type=Path, default=ROOT / "reports" / "bench" / "bench.json")
+    args = parser.parse_args(argv)
+    config = ModelConfig(
+        num_classes=10, preprocessing=PreprocessingConfig(image_size=(args.size, args.size))
+    )
+    predictor = MCDropoutPredictor(build_model(config, args.base_weights), max(args.batches))
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch in args.batches:
+        x = rng.normal(0.0, 60.0, (batch, args.size, args.size, 3)).astype(np.float32)
+        rows.extend(bench_batch(predictor, x, args.samples, args.repeats, args.naive_passes))
+        print(format_rows(rows[-len(args.samples) :]), flush=True)
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or 'cpu'}"
+    result = {"size": args.size, "machine": machine, "rows": rows}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2))
+    print(f"\n{args.size}x{args.size}, {machine}\n\n{format_rows(rows)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

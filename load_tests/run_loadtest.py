@@ -1,0 +1,172 @@
+"""`make loadtest`: serve the built bento, drive it with Locust, compare with in-process.
+
+Builds the bento (unless --bento names one), serves it on a free port, waits
+for /readyz, runs Locust headless, reads the adaptive batch sizes from
+/metrics, stops the service, then measures in-process throughput of the same
+model at the same T. Writes reports/loadtest/ (Locust CSV and HTML,
+summary.json) and exits non-zero if any request failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BIN = Path(sys.executable).parent
+IMAGES_PER_REQUEST = {"/predict [1 image]": 1, "/predict [4 images]": 4, "/predict_array": 1}
+
+
+def build_bento(model: str) -> str:
+    """`bentoml build` of the CPU bento; returns its tag."""
+    env = {**os.environ, "UQSERVE_MODEL": model}
+    command = [str(BIN / "bentoml"), "build", "-f", "bentofile.yaml", "."]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    return re.search(r"(uqserve:[a-z0-9]+)", done.stdout + done.stderr).group(1)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serve(bento: str, model: str, port: int, log: Path) -> subprocess.Popen:
+    """`bentoml serve <bento>` in its own process group."""
+    env = {**os.environ, "UQSERVE_MODEL": model}
+    command = [str(BIN / "bentoml"), "serve", bento, "--port", str(port), "--host", "127.0.0.1"]
+    with open(log, "w") as handle:
+        return subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("the service exited during start-up; see its log")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    raise RuntimeError(f"the service was not ready within {timeout:.0f} s")
+
+
+def run_locust(url: str, users: int, spawn_rate: float, duration: str, output: Path) -> int:
+    command = [
+        str(BIN / "locust"), "-f", str(HERE / "locustfile.py"), "--headless", "--host", url,
+        "-u", str(users), "-r", str(spawn_rate), "-t", duration, "--only-summary",
+        "--csv", str(output / "locust"), "--html", str(output / "report.html"),
+    ]  # fmt: skip
+    return subprocess.run(command, cwd=HERE, check=False).returncode
+
+
+def batch_histogram(url: str) -> dict[str, float]:
+    """Images and requests per adaptive batch, from the service's /metrics."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+
+    def total(name: str) -> float:
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+    images, batches = (
+        total("uqserve_model_batch_images_sum"),
+        total("uqserve_model_batch_images_count"),
+    )
+    requests = total("bentoml_service_adaptive_batch_size_sum")
+    return {
+        "batches": batches,
+        "images": images,
+        "mean_images_per_batch": images / max(batches, 1.0),
+        "mean_requests_per_batch": requests / max(batches, 1.0),
+    }
+
+
+def served_throughput(output: Path, seconds: float) -> dict[str, float]:
+    """Images/s and requests/s over the Locust run, from its stats CSV."""
+    with open(output / "locust_stats.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["Name"] in IMAGES_PER_REQUEST]
+    images = sum(int(row["Request Count"]) * IMAGES_PER_REQUEST[row["Name"]] for row in rows)
+    requests = sum(int(row["Request Count"]) for row in rows)
+    failures = sum(int(row["Failure Count"]) for row in rows)
+    return {"images_per_s": images / seconds, "requests_per_s": requests / seconds,
+            "requests": requests, "failures": failures}  # fmt: skip
+
+
+def inprocess_throughput(model: str, samples: int, batch: int, seconds: float) -> float:
+    """Images/s of the same model in this process: decode-free, preprocessed digits, MC at T."""
+    sys.path.insert(0, str(ROOT))
+    from load_tests.locustfile import ARRAYS
+    from models.mc_dropout import MCDropoutPredictor
+    from models.preprocessing import preprocess_images
+    from training.export import load_exported
+
+    network, card = load_exported(model)
+    predictor = MCDropoutPredictor(network)
+    raw = [np.asarray(a, "float32") for a in ARRAYS]
+    images = preprocess_images((raw * (batch // len(raw) + 1))[:batch], card.model.preprocessing)
+    predictor.sample(images, samples, seed=0)  # warm-up
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        predictor.sample(images, samples, seed=done)
+        done += batch
+    return done / (time.perf_counter() - start)
+
+
+def seconds_of(duration: str) -> float:
+    """Locust's '60s', '2m', '1h30m' -> seconds."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    return float(sum(int(n) * units[u] for n, u in re.findall(r"(\d+)([hms])", duration)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=os.environ.get("UQSERVE_MODEL", "uqserve_vgg16:latest"))
+    parser.add_argument("--bento", help="a built bento tag (default: build one)")
+    parser.add_argument("--users", type=int, default=16)
+    parser.add_argument("--spawn-rate", type=float, default=4.0)
+    parser.add_argument("--duration", default="60s", help="Locust run time, e.g. 60s, 2m")
+    parser.add_argument("--inprocess-seconds", type=float, default=20.0, help="0: skip")
+    parser.add_argument("--output", type=Path, default=ROOT / "reports" / "loadtest")
+    args = parser.parse_args(argv)
+    args.output.mkdir(parents=True, exist_ok=True)
+    bento = args.bento or build_bento(args.model)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = serve(bento, args.model, port, args.output / "service.log")
+    try:
+        wait_ready(url, process)
+        code = run_locust(url, args.users, args.spawn_rate, args.duration, args.output)
+        batches = batch_histogram(url)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=120)
+    summary = {"bento": bento, "model": args.model, "users": args.users, "duration": args.duration,
+               "samples": 30, "served": served_throughput(args.output, seconds_of(args.duration)),
+               "adaptive_batches": batches}  # fmt: skip
+    if args.inprocess_seconds > 0:
+        inprocess = inprocess_throughput(args.model, 30, 16, args.inprocess_seconds)
+        summary["inprocess_images_per_s"] = inprocess
+        summary["served_over_inprocess"] = summary["served"]["images_per_s"] / inprocess
+    (args.output / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""The 15-second load test: the built bento under Locust, every answer checked."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from load_tests.run_loadtest import main
+
+pytestmark = pytest.mark.e2e
+
+
+def test_fifteen_second_load_test_has_no_failed_request(tag, tmp_path):
+    output = tmp_path / "loadtest"
+    code = main([
+        "--model", tag, "--users", "4", "--spawn-rate", "4", "--duration", "15s",
+        "--inprocess-seconds", "3", "--output", str(output),
+    ])  # fmt: skip
+    summary = json.loads((output / "summary.json").read_text())
+    assert code == 0, summary
+    assert summary["served"]["failures"] == 0
+    assert summary["served"]["requests"] > 0
+    assert summary["adaptive_batches"]["images"] > 0
+    assert summary["inprocess_images_per_s"] > 0
+    assert (output / "locust_stats.csv").is_file() and (output / "report.html").is_file()
