@@ -2,7 +2,7 @@
 
 Every response is checked; anything but a correct answer counts as a failure.
 Images are real: scikit-learn's bundled digits written as PNG files under
-`payloads/` next to this file (made on first use, a few hundred bytes each).
+`payloads/` next to this file (made on first use, see `payloads.py`).
 
     locust -f load_tests/locustfile.py --host http://127.0.0.1:3000
 """
@@ -11,31 +11,14 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
-import numpy as np
 from locust import HttpUser, between, events, task
-from PIL import Image
-from sklearn.datasets import load_digits
+from payloads import make_payloads, pixel_arrays
 
-PAYLOADS = Path(__file__).resolve().parent / "payloads"
 SAMPLES = 30  # MC samples per request; run_loadtest measures in-process at the same T
-COUNT = 20
-
-
-def make_payloads(folder: Path = PAYLOADS, count: int = COUNT) -> list[Path]:
-    """The first `count` digits as 8-bit grayscale PNG files (made once)."""
-    folder.mkdir(exist_ok=True)
-    paths = [folder / f"digit_{i:02d}.png" for i in range(count)]
-    if not all(p.is_file() for p in paths):
-        digits = load_digits()
-        for i, path in enumerate(paths):
-            Image.fromarray((digits.images[i] * (255 / 16)).astype(np.uint8)).save(path)
-    return paths
-
-
-FILES = [p.read_bytes() for p in make_payloads()]
-ARRAYS = [np.asarray(Image.open(p)).tolist() for p in make_payloads()]
+PATHS = make_payloads()
+FILES = [p.read_bytes() for p in PATHS]
+ARRAYS = [a.tolist() for a in pixel_arrays(PATHS)]
 
 
 def check(response, images: int, classes: int) -> None:

@@ -111,14 +111,14 @@ def served_throughput(output: Path, seconds: float) -> dict[str, float]:
 def inprocess_throughput(model: str, samples: int, batch: int, seconds: float) -> float:
     """Images/s of the same model in this process: decode-free, preprocessed digits, MC at T."""
     sys.path.insert(0, str(ROOT))
-    from load_tests.locustfile import ARRAYS
+    from load_tests.payloads import make_payloads, pixel_arrays
     from models.mc_dropout import MCDropoutPredictor
     from models.preprocessing import preprocess_images
     from training.export import load_exported
 
     network, card = load_exported(model)
     predictor = MCDropoutPredictor(network)
-    raw = [np.asarray(a, "float32") for a in ARRAYS]
+    raw = [a.astype(np.float32) for a in pixel_arrays(make_payloads())]
     images = preprocess_images((raw * (batch // len(raw) + 1))[:batch], card.model.preprocessing)
     predictor.sample(images, samples, seed=0)  # warm-up
     done, start = 0, time.perf_counter()
