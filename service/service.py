@@ -2,7 +2,14 @@
 
 `ApiService` (HTTP-facing): validation, decoding, preprocessing, uncertainty
 statistics, response. `ModelService`: holds the Keras model and samples MC
-dropout with adaptive batching. Both are thin shells over `models/`.
+dropout with adaptive batching (a sync API: Keras blocks). Both are thin
+shells over `models/`.
+
+The API service's endpoints are async: decoding and preprocessing (blocking,
+Keras) run in worker threads via `anyio.to_thread`, and the model service is
+awaited with `to_async`. The sync alternative (sync APIs calling the model
+service's sync client from a thread pool) was measured too; both lose requests
+to a BentoML 1.4.40 client bug unless retried (see `ApiService._sample`).
 
     bentoml serve service.service:ApiService      # from source
     bentoml serve uqserve:latest                  # from a built bento
@@ -10,9 +17,12 @@ dropout with adaptive batching. Both are thin shells over `models/`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
+import aiohttp
+import anyio
 import bentoml
 import numpy as np
 from pydantic import Field, StrictInt
@@ -30,6 +40,7 @@ from service.schemas import SEED_MAX, ArrayRequest, PixelArray, PredictionRespon
 from service.settings import ServiceSettings
 
 SETTINGS = ServiceSettings.from_env()
+MODEL_CALL_ATTEMPTS = 3
 require_model(SETTINGS.model)  # fail start-up (and `bentoml build`) with a clear message
 
 Samples = Annotated[StrictInt, Field(ge=1, description="Monte Carlo dropout samples.")]
@@ -80,7 +91,7 @@ def _bad(error: BadInput) -> JSONResponse:
 
 
 @bentoml.asgi_app(metadata_app, path="/")
-@bentoml.service(name="uqserve", threads=SETTINGS.api_threads, traffic={"timeout": 300})
+@bentoml.service(name="uqserve", traffic={"timeout": 300})
 class ApiService:
     """HTTP front door: `/predict` (image files), `/predict_array` (JSON), `GET /metadata`."""
 
@@ -97,15 +108,38 @@ class ApiService:
         """Run preprocessing once so the first request does not pay for it."""
         preprocess_images(np.zeros((1, 8, 8), np.float32), self.card.model.preprocessing)
 
-    def _answer(
+    def _prepare(
         self, images: np.ndarray | list[np.ndarray], samples: int | None, seed: int | None
-    ) -> Any:
+    ) -> tuple[np.ndarray, int, int]:
+        """Limits, defaults and preprocessing -> (job rows, samples, seed). Blocking."""
         samples = samples or self.card.mc_samples
         if samples > SETTINGS.max_samples:
             raise BadInput(f"samples: {samples} exceeds the limit of {SETTINGS.max_samples}")
         seed = int(np.random.default_rng().integers(SEED_MAX)) if seed is None else seed
         x = preprocess_images(images, self.card.model.preprocessing)  # (n, H, W, 3)
-        answer = self.model_service.sample(jobs.pack(x, seed, samples))
+        return jobs.pack(x, seed, samples), samples, seed
+
+    async def _sample(self, rows: np.ndarray) -> np.ndarray:
+        """Call the model service, retrying a dropped connection (the call is idempotent).
+
+        BentoML 1.4.40's dependency client replaces its HTTP session every 100
+        requests and closes the old one under requests still in flight, which
+        fail with `ServerDisconnectedError` or "Session is closed" (upstream
+        bentoml/BentoML#5540). The same rows give the same answer, so a retry
+        on the fresh session is safe.
+        """
+        for _ in range(MODEL_CALL_ATTEMPTS - 1):
+            try:
+                return await self.model_service.to_async.sample(rows)
+            except (aiohttp.ClientConnectionError, RuntimeError) as error:
+                if isinstance(error, RuntimeError) and "closed" not in str(error):
+                    raise
+        return await self.model_service.to_async.sample(rows)  # last try: errors propagate
+
+    async def _answer(self, prepare: Callable[[], tuple[np.ndarray, int, int]]) -> Any:
+        """Run the blocking `prepare` in a worker thread, sample, build the response."""
+        rows, samples, seed = await anyio.to_thread.run_sync(prepare)
+        answer = await self._sample(rows)
         scores, draws = jobs.split_answer(answer, samples, self.card.model.num_classes)
         predictions = to_predictions(draws, scores, self.card)  # draws: (n, T, C)
         observe.predictions(predictions, samples)
@@ -128,22 +162,26 @@ class ApiService:
         return images
 
     @bentoml.api(route="/predict")
-    def predict(
+    async def predict(
         self, files: list[Path], samples: Samples | None = None, seed: Seed | None = None
     ) -> PredictionResponse:
         """Image files (PNG, JPEG, BMP, GIF, WebP) as a multipart form."""
         try:
-            return self._answer(self._read(files), samples, seed)
+            return await self._answer(lambda: self._prepare(self._read(files), samples, seed))
         except BadInput as error:
             return _bad(error)
 
     @bentoml.api(route="/predict_array", input_spec=ArrayRequest)
-    def predict_array(
+    async def predict_array(
         self, images: PixelArray, samples: Samples | None = None, seed: Seed | None = None
     ) -> PredictionResponse:
         """Pixel arrays in [0, 255]: (H, W), (H, W, C) or (N, H, W, C)."""
-        try:
+
+        def prepare() -> tuple[np.ndarray, int, int]:
             array = check_array(images, SETTINGS.max_images, SETTINGS.max_pixels)
-            return self._answer(array, samples, seed)
+            return self._prepare(array, samples, seed)
+
+        try:
+            return await self._answer(prepare)
         except BadInput as error:
             return _bad(error)

@@ -32,9 +32,6 @@ class ServiceSettings(BaseModel):
     )
     max_file_bytes: int = Field(20_000_000, ge=1, description="Largest uploaded file.")
     workers: int = Field(1, ge=1, description="Model service worker processes.")
-    api_threads: int = Field(
-        16, ge=1, description="Concurrent requests per API worker (they meet in one batch)."
-    )
     gpu: int = Field(0, ge=0, description="GPUs for the model service (0: CPU).")
 
     @model_validator(mode="after")
