@@ -12,7 +12,7 @@ masks drawn here. Each image draws its masks from its own random stream, so
 an image's samples never depend on the other images in its batch, and a seed
 makes a call reproducible.
 
-`model(x, training=True)` is never used: in Keras 3 it would also put
+The model is never called in training mode: in Keras 3 that would also put
 BatchNormalization on batch statistics and overwrite its moving averages.
 """
 

@@ -40,6 +40,16 @@ def randomize_bn_statistics(model: keras.Model, seed: int = 0) -> None:
             layer.moving_variance.assign(rng.uniform(0.5, 2.0, size).astype("float32"))
 
 
+def bn_statistics(model: keras.Model) -> list[np.ndarray]:
+    """Copies of every head BatchNormalization's moving mean and variance."""
+    return [
+        np.array(weight)
+        for layer in model.get_layer("head").layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+        for weight in (layer.moving_mean, layer.moving_variance)
+    ]
+
+
 @pytest.fixture(scope="session")
 def images() -> np.ndarray:
     """Six preprocessed-looking 32x32 RGB inputs."""

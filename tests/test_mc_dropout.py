@@ -8,16 +8,7 @@ import pytest
 
 from models.config import HeadConfig
 from models.mc_dropout import MCDropoutPredictor, naive_mc_samples
-from tests.conftest import randomize_bn_statistics, tiny_model
-
-
-def _bn_statistics(model: keras.Model) -> list[np.ndarray]:
-    return [
-        np.array(weight)
-        for layer in model.get_layer("head").layers
-        if isinstance(layer, keras.layers.BatchNormalization)
-        for weight in (layer.moving_mean, layer.moving_variance)
-    ]
+from tests.conftest import bn_statistics, randomize_bn_statistics, tiny_model
 
 
 def test_samples_are_shaped_b_t_c_and_rows_sum_to_one(model, images):
@@ -43,12 +34,12 @@ def test_rate_zero_gives_the_deterministic_answer(images):
 
 
 def test_bn_moving_statistics_unchanged_by_prediction(model, images):
-    before = _bn_statistics(model)
+    before = bn_statistics(model)
     predictor = MCDropoutPredictor(model)
     predictor.sample(images, samples=10, seed=0)
     predictor.predict(images)
     naive_mc_samples(model, images, samples=3)
-    for old, new in zip(before, _bn_statistics(model), strict=True):
+    for old, new in zip(before, bn_statistics(model), strict=True):
         np.testing.assert_array_equal(old, new)
 
 
@@ -56,10 +47,10 @@ def test_training_true_would_change_bn_statistics(images):
     """Control: the check above can fail; `model(x, training=True)` moves the averages."""
     control = tiny_model()
     randomize_bn_statistics(control)
-    before = _bn_statistics(control)
+    before = bn_statistics(control)
     control(images, training=True)
     changed = [
-        not np.array_equal(a, b) for a, b in zip(before, _bn_statistics(control), strict=True)
+        not np.array_equal(a, b) for a, b in zip(before, bn_statistics(control), strict=True)
     ]
     assert any(changed)
 

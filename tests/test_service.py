@@ -6,7 +6,6 @@ import io
 import json
 from concurrent.futures import ThreadPoolExecutor
 
-import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,6 +13,7 @@ from PIL import Image
 from models.mc_dropout import MCDropoutPredictor
 from models.preprocessing import preprocess_images
 from service.decoding import decode_image
+from tests.conftest import bn_statistics
 from tests.service_helpers import CLASSES, encode, png
 from training.export import load_exported
 
@@ -144,21 +144,12 @@ def test_probes_metrics_and_openapi(client):
     assert "epistemic" in schemas and "probabilities" in schemas
 
 
-def _bn_statistics(model: keras.Model) -> list[np.ndarray]:
-    return [
-        np.array(w)
-        for layer in model.get_layer("head").layers
-        if isinstance(layer, keras.layers.BatchNormalization)
-        for w in (layer.moving_mean, layer.moving_variance)
-    ]
-
-
 def test_concurrent_requests_get_their_own_answers(client):
     """Many threads, different images: each answer equals that image's answer alone."""
     import bentoml
 
     model = bentoml.get_current_service().model_service.predictor.model
-    before = _bn_statistics(model)
+    before = bn_statistics(model)
     blobs = [png(100 + i) for i in range(12)]
     alone = [
         client.post("/predict", files=_files(b), data={"seed": "1", "samples": "5"}).json()
@@ -173,5 +164,5 @@ def test_concurrent_requests_get_their_own_answers(client):
         together = list(pool.map(call, list(range(12)) * 2))
     for index, answer in enumerate(together):
         assert answer["predictions"] == alone[index % 12]["predictions"]
-    for old, new in zip(before, _bn_statistics(model), strict=True):
+    for old, new in zip(before, bn_statistics(model), strict=True):
         np.testing.assert_array_equal(old, new)

@@ -11,6 +11,7 @@ import pytest
 from models.architecture import get_base, get_head
 from models.backbone import BaseWeightsError, build_base
 from models.mc_dropout import MCDropoutPredictor
+from tests.conftest import bn_statistics
 from training.config import Optimizer, Schedule, TrainConfig
 from training.data import DatasetError, load_dataset, split_dataset
 from training.export import ModelNotFoundError, export_model, load_exported
@@ -129,15 +130,6 @@ def test_max_norm_holds_after_training(splits):
     assert norms.max() > 0.45  # the constraint was binding, so the check means something
 
 
-def _bn_statistics(model: keras.Model) -> list[np.ndarray]:
-    return [
-        np.array(w)
-        for layer in get_head(model).layers
-        if isinstance(layer, keras.layers.BatchNormalization)
-        for w in (layer.moving_mean, layer.moving_variance)
-    ]
-
-
 def test_fine_tuning_trains_only_the_top_blocks_and_keeps_bn_in_inference(splits):
     config = tiny_config(fine_tune_blocks=1, fine_tune_epochs=1, fine_tune_learning_rate=1e-3)
     keras.utils.set_random_seed(config.seed)
@@ -145,13 +137,13 @@ def test_fine_tuning_trains_only_the_top_blocks_and_keeps_bn_in_inference(splits
     fit_head(model, splits, config, None, verbose=0)
     base = get_base(model)
     before = {layer.name: [np.array(w) for w in layer.weights] for layer in base.layers}
-    statistics = _bn_statistics(model)
+    statistics = bn_statistics(model)
     fine_tune(model, splits, config, None, verbose=0)
     for layer in base.layers:
         if layer.weights:
             changed = not np.array_equal(before[layer.name][0], np.array(layer.weights[0]))
             assert changed == layer.name.startswith("block5"), layer.name
-    for old, new in zip(statistics, _bn_statistics(model), strict=True):
+    for old, new in zip(statistics, bn_statistics(model), strict=True):
         np.testing.assert_array_equal(old, new)
     assert not base.trainable  # frozen again for export and serving
 

@@ -29,10 +29,7 @@ def plot_learning_curves(logs: dict[str, list[float]], phases: dict[str, int], p
         axis.set_title(metric)
         axis.grid(alpha=0.3)
         axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def plot_reliability(probabilities: np.ndarray, labels: np.ndarray, title: str, path: Path) -> Path:
@@ -50,10 +47,7 @@ def plot_reliability(probabilities: np.ndarray, labels: np.ndarray, title: str, 
     axis.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
              title=f"{title} (ECE {ece:.4f}, n={counts.sum()})")  # fmt: skip
     axis.legend(loc="upper left")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def plot_abstention(fractions: np.ndarray, curves: dict[str, list[float]], path: Path) -> Path:
@@ -64,10 +58,7 @@ def plot_abstention(fractions: np.ndarray, curves: dict[str, list[float]], path:
     axis.set(xlabel="fraction rejected (most uncertain first)", ylabel="accuracy of the rest")
     axis.grid(alpha=0.3)
     axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def plot_experiment(name: str, results: dict[str, list[dict]], path: Path) -> Path:
@@ -86,6 +77,10 @@ def plot_experiment(name: str, results: dict[str, list[dict]], path: Path) -> Pa
     for axis in axes:
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
+    return _save(figure, path)
+
+
+def _save(figure: plt.Figure, path: Path) -> Path:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

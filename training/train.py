@@ -83,16 +83,7 @@ def fit_head(
     the cached features; otherwise images flow through the whole model each epoch.
     """
     if not config.cache_features:
-        steps = int(np.ceil(len(splits.train.labels) / config.batch_size)) * config.epochs
-        model.compile(build_optimizer(config.optimizer, steps), LOSS, metrics=["accuracy"])
-        return model.fit(
-            image_pipeline(splits.train, config.preprocessing, config.batch_size, config.seed),
-            validation_data=image_pipeline(splits.validation, config.preprocessing, 256),
-            epochs=config.epochs,
-            shuffle=False,  # the pipeline shuffles
-            callbacks=_callbacks(config, log_dir),
-            verbose=verbose,
-        )
+        return _fit_on_images(model, splits, config, config.epochs, None, log_dir, verbose)
     base = get_base(model)
     train_x = base_features(base, splits.train, config.preprocessing)
     val_x = base_features(base, splits.validation, config.preprocessing)
@@ -124,6 +115,30 @@ def fit_on_features(
     )
 
 
+def _fit_on_images(
+    model: keras.Model,
+    splits: Splits,
+    config: TrainConfig,
+    epochs: int,
+    learning_rate: float | None,
+    log_dir: Path | None,
+    verbose: int,
+) -> keras.callbacks.History:
+    """Train the whole model on images preprocessed on the fly (learning_rate None: config's)."""
+    steps = int(np.ceil(len(splits.train.labels) / config.batch_size)) * epochs
+    model.compile(
+        build_optimizer(config.optimizer, steps, learning_rate), LOSS, metrics=["accuracy"]
+    )
+    return model.fit(
+        image_pipeline(splits.train, config.preprocessing, config.batch_size, config.seed),
+        validation_data=image_pipeline(splits.validation, config.preprocessing, 256),
+        epochs=epochs,
+        shuffle=False,  # the pipeline shuffles
+        callbacks=_callbacks(config, log_dir),
+        verbose=verbose,
+    )
+
+
 def fine_tune(
     model: keras.Model, splits: Splits, config: TrainConfig, log_dir: Path | None, verbose: int
 ) -> keras.callbacks.History:
@@ -136,17 +151,10 @@ def fine_tune(
     for layer in get_head(model).layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
-    steps = int(np.ceil(len(splits.train.labels) / config.batch_size)) * config.fine_tune_epochs
-    optimizer = build_optimizer(config.optimizer, steps, config.fine_tune_learning_rate)
-    model.compile(optimizer, LOSS, metrics=["accuracy"])
-    history = model.fit(
-        image_pipeline(splits.train, config.preprocessing, config.batch_size, config.seed),
-        validation_data=image_pipeline(splits.validation, config.preprocessing, 256),
-        epochs=config.fine_tune_epochs,
-        shuffle=False,  # the pipeline shuffles
-        callbacks=_callbacks(config, log_dir),
-        verbose=verbose,
-    )
+    history = _fit_on_images(
+        model, splits, config, config.fine_tune_epochs, config.fine_tune_learning_rate,
+        log_dir, verbose,
+    )  # fmt: skip
     get_base(model).trainable = False
     return history
 
