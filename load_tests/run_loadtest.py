@@ -53,11 +53,12 @@ def serve(bento: str, model: str, port: int, log: Path) -> subprocess.Popen:
                                 start_new_session=True)  # fmt: skip
 
 
-def wait_ready(url: str, process: subprocess.Popen, timeout: float = 300.0) -> None:
+def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError("the service exited during start-up; see its log")
+            tail = log.read_text()[-3000:]
+            raise RuntimeError(f"the service exited during start-up; its log ends:\n{tail}")
         try:
             with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
                 if response.status == 200:
@@ -150,11 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://127.0.0.1:{port}"
     process = serve(bento, args.model, port, args.output / "service.log")
     try:
-        wait_ready(url, process)
+        wait_ready(url, process, args.output / "service.log")
         code = run_locust(url, args.users, args.spawn_rate, args.duration, args.output)
         batches = batch_histogram(url)
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=120)
     summary = {"bento": bento, "model": args.model, "users": args.users, "duration": args.duration,
                "samples": 30, "served": served_throughput(args.output, seconds_of(args.duration)),
