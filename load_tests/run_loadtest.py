@@ -13,6 +13,7 @@ import argparse
 import csv
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -39,9 +40,22 @@ def build_bento(model: str) -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below the OS's ephemeral range (32768 and up on Linux).
+
+    BentoML picks the ports of its inner services with bind(0), from that
+    range; a port we took the same way could be handed to one of them before
+    our server binds it, and the server would fail to start.
+    """
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 20000 and 31999")
 
 
 def serve(bento: str, model: str, port: int, log: Path) -> subprocess.Popen:

@@ -54,7 +54,7 @@ Seed = Annotated[StrictInt, Field(ge=0, le=SEED_MAX, description="Makes sampling
     traffic={"timeout": 300},
 )
 class ModelService:
-    """The Keras model behind an adaptive batch: job rows in, (N, T_max, C) samples out."""
+    """The Keras model behind an adaptive batch: job rows in, OOD scores and samples out."""
 
     bento_model = bentoml.models.BentoModel(SETTINGS.model)
 

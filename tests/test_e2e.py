@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,17 +20,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from load_tests.run_loadtest import free_port
 from tests.service_helpers import png
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _build(tag: str) -> str:
@@ -63,7 +57,7 @@ def _wait_ready(base: str, process: subprocess.Popen, log: Path) -> None:
 @pytest.fixture(scope="module")
 def server(tag, tmp_path_factory) -> Iterator[str]:
     bento = _build(tag)
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     env = {**os.environ, "UQSERVE_MODEL": tag, "UQSERVE_MAX_LATENCY_MS": "60000"}
     with open(log, "w") as handle:
