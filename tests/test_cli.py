@@ -77,3 +77,10 @@ def test_read_image_converts_every_mode(tmp_path, mode):
     pixels = read_image(path)
     assert pixels.shape[:2] == (7, 10)
     assert pixels.ndim == 2 or pixels.shape[-1] in (3, 4)
+
+
+def test_config_file_that_is_not_yaml_exits_2(tmp_path, capsys):
+    config = tmp_path / "broken.yaml"
+    config.write_text("head: [unclosed\n")
+    assert main(["train", "--config", str(config), *TINY_FLAGS]) == 2
+    assert "not valid YAML" in capsys.readouterr().err

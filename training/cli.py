@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import ValidationError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -263,6 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return commands[args.command](args)
     except ValidationError as error:
         print(_describe(error), file=sys.stderr)
+        return 2
+    except yaml.YAMLError as error:
+        print(f"uqserve {args.command}: config file is not valid YAML: {error}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"uqserve {args.command}: {error}", file=sys.stderr)
