@@ -21,7 +21,7 @@ from models.uncertainty import mutual_information, predictive_entropy, summarize
 from training import ood_sets
 from training.config import TrainConfig
 from training.data import load_dataset, split_dataset
-from training.export import load_exported, resolve_tag, update_metadata
+from training.export import load_density, load_exported, resolve_tag, update_metadata
 from training.outputs import SplitOutputs, predictor_outputs
 from training.plots import plot_abstention, plot_reliability
 from training.report import write_report
@@ -74,7 +74,7 @@ def evaluate(
 ) -> tuple[Path, Evaluation]:
     """Run every measurement, write the report folder, record headline figures."""
     tag = resolve_tag(tag)
-    model, card, density = load_exported(tag, with_density=True)
+    (model, card), density = load_exported(tag), load_density(tag)
     config = TrainConfig.model_validate(card.training)
     data = load_dataset(config.data.dataset, config.preprocessing.image_size)
     test = split_dataset(data, config.data, config.seed).test

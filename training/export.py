@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import platform
 from pathlib import Path
-from typing import Any
 
 import bentoml
 import keras
@@ -63,21 +62,21 @@ def _get(tag: str) -> bentoml.Model:
         ) from error
 
 
-def load_exported(tag: str, with_density: bool = False) -> Any:
-    """(model, card), or (model, card, density or None) with `with_density`.
-
-    The model is loaded in Keras safe mode (no code runs from the file).
-    """
+def load_exported(tag: str) -> tuple[keras.Model, ModelCard]:
+    """The model and its card; the model is loaded in Keras safe mode (no code runs)."""
     bento_model = _get(tag)
     card = ModelCard.model_validate_json(bento_model.info.metadata[CARD_KEY])
     model = keras.saving.load_model(bento_model.path_of(MODEL_FILE), safe_mode=True, compile=False)
-    if not with_density:
-        return model, card
-    path = Path(bento_model.path_of(DENSITY_FILE))
+    return model, card
+
+
+def load_density(tag: str) -> FeatureDensity | None:
+    """The feature density saved with the model, or None for a model exported without one."""
+    path = Path(_get(tag).path_of(DENSITY_FILE))
     if not path.is_file():
-        return model, card, None
+        return None
     with np.load(path) as arrays:
-        return model, card, FeatureDensity.from_arrays(dict(arrays))
+        return FeatureDensity.from_arrays(dict(arrays))
 
 
 def resolve_tag(tag: str) -> str:

@@ -34,7 +34,7 @@ class TrainResult:
     tag: str | None
 
 
-def test_metrics(outputs: SplitOutputs, labels: np.ndarray) -> dict[str, float]:
+def split_metrics(outputs: SplitOutputs, labels: np.ndarray) -> dict[str, float]:
     """Deterministic and MC-dropout metrics of the test split."""
     metrics = {f"test_{k}": v for k, v in summarize(outputs.deterministic[:, None], labels).items()}
     metrics.pop("test_mean_mutual_information")
@@ -63,7 +63,7 @@ def fit_uncertainty(
         "ood_threshold": float(np.quantile(ood_scores, config.ood_quantile)),
     }
     test = predictor_outputs(predictor, splits.test.images, prep, samples, seed)
-    return density, thresholds, test_metrics(test, splits.test.labels)
+    return density, thresholds, split_metrics(test, splits.test.labels)
 
 
 def _run_dir(config: TrainConfig) -> Path:
