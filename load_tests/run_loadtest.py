@@ -25,6 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from load_tests import procs  # (importable when run as a script, too)
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BIN = Path(sys.executable).parent
@@ -83,6 +86,7 @@ def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout: float = 
 
 
 def run_locust(url: str, users: int, spawn_rate: float, duration: str, output: Path) -> int:
+    """Locust headless against `url`; its exit code (non-zero when a request failed)."""
     command = [
         str(BIN / "locust"), "-f", str(HERE / "locustfile.py"), "--headless", "--host", url,
         "-u", str(users), "-r", str(spawn_rate), "-t", duration, "--only-summary",
@@ -123,9 +127,13 @@ def served_throughput(output: Path, seconds: float) -> dict[str, float]:
             "requests": requests, "failures": failures}  # fmt: skip
 
 
-def inprocess_throughput(model: str, samples: int, batch: int, seconds: float) -> float:
-    """Images/s of the same model in this process: decode-free, preprocessed digits, MC at T."""
-    sys.path.insert(0, str(ROOT))
+def inprocess_throughput(
+    model: str, samples: int, batch: int, seconds: float
+) -> tuple[float, float]:
+    """(images/s, cores used) of the same model in this process, MC at T.
+
+    Decode-free: preprocessed digits in batches of `batch`.
+    """
     from load_tests.payloads import make_payloads, pixel_arrays
     from models.mc_dropout import MCDropoutPredictor
     from models.preprocessing import preprocess_images
@@ -136,11 +144,32 @@ def inprocess_throughput(model: str, samples: int, batch: int, seconds: float) -
     raw = [a.astype(np.float32) for a in pixel_arrays(make_payloads())]
     images = preprocess_images((raw * (batch // len(raw) + 1))[:batch], card.model.preprocessing)
     predictor.sample(images, samples, seed=0)  # warm-up
-    done, start = 0, time.perf_counter()
+    done, start, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         predictor.sample(images, samples, seed=done)
         done += batch
-    return done / (time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    return done / wall, (time.process_time() - cpu) / wall
+
+
+def cpu_cores(
+    before: dict[str, float], after: dict[str, float], locust: float, seconds: float
+) -> dict[str, float]:
+    """Average cores each role used over the run: CPU seconds / wall seconds."""
+    cores = {name: (after[name] - before.get(name, 0.0)) / seconds for name in after}
+    cores["locust"] = locust / seconds
+    cores["machine"] = float(os.cpu_count() or 1)
+    return cores
+
+
+def cores_of(summary: dict, role: str) -> float:
+    return max(summary["cpu_cores"].get(role, 0.0), 1e-9)
+
+
+def children_cpu() -> float:
+    """CPU seconds used by this process's finished children (Locust)."""
+    times = os.times()
+    return times.children_user + times.children_system
 
 
 def seconds_of(duration: str) -> float:
@@ -166,7 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     process = serve(bento, args.model, port, args.output / "service.log")
     try:
         wait_ready(url, process, args.output / "service.log")
+        before, locust, start = procs.cpu_seconds(process.pid), children_cpu(), time.monotonic()
         code = run_locust(url, args.users, args.spawn_rate, args.duration, args.output)
+        cores = cpu_cores(before, procs.cpu_seconds(process.pid), children_cpu() - locust,
+                          time.monotonic() - start)  # fmt: skip
         batches = batch_histogram(url)
     finally:
         if process.poll() is None:
@@ -174,11 +206,22 @@ def main(argv: list[str] | None = None) -> int:
         process.wait(timeout=120)
     summary = {"bento": bento, "model": args.model, "users": args.users, "duration": args.duration,
                "samples": 30, "served": served_throughput(args.output, seconds_of(args.duration)),
-               "adaptive_batches": batches}  # fmt: skip
+               "adaptive_batches": batches, "cpu_cores": cores}  # fmt: skip
     if args.inprocess_seconds > 0:
-        inprocess = inprocess_throughput(args.model, 30, 16, args.inprocess_seconds)
-        summary["inprocess_images_per_s"] = inprocess
-        summary["served_over_inprocess"] = summary["served"]["images_per_s"] / inprocess
+        inprocess, inprocess_cores = inprocess_throughput(
+            args.model, 30, 16, args.inprocess_seconds
+        )
+        served = summary["served"]["images_per_s"]
+        summary["inprocess_images_per_s"], summary["inprocess_cpu_cores"] = (
+            inprocess,
+            inprocess_cores,
+        )
+        summary["served_over_inprocess"] = served / inprocess
+        # The same ratio per core of the model service vs per core in-process:
+        # what serving costs when Locust and the API service are not counted.
+        summary["served_over_inprocess_per_core"] = (served / cores_of(summary, "model")) / (
+            inprocess / inprocess_cores
+        )
     (args.output / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     return code

@@ -61,5 +61,12 @@ def preprocess_images(
         return ops.convert_to_numpy(preprocess_batch(images, config))
     if len(images) == 0:
         raise ValueError("Invalid value for `images`: expected at least one image, received 0")
-    arrays = [ops.convert_to_numpy(preprocess_batch(image[None], config)) for image in images]
-    return np.concatenate(arrays, axis=0)
+    out: list[np.ndarray] = [np.empty(0)] * len(images)
+    for shape in {np.shape(image) for image in images}:  # one call per distinct size
+        members = [i for i, image in enumerate(images) if np.shape(image) == shape]
+        same_size = np.stack([images[i] for i in members])
+        for i, row in zip(
+            members, ops.convert_to_numpy(preprocess_batch(same_size, config)), strict=True
+        ):
+            out[i] = row
+    return np.stack(out)

@@ -23,4 +23,6 @@ def test_fifteen_second_load_test_has_no_failed_request(tag, tmp_path):
     assert summary["served"]["requests"] > 0
     assert summary["adaptive_batches"]["images"] > 0
     assert summary["inprocess_images_per_s"] > 0
+    assert summary["cpu_cores"]["model"] > 0 and summary["cpu_cores"]["api"] > 0
+    assert 0 < summary["inprocess_cpu_cores"] <= summary["cpu_cores"]["machine"] + 0.5
     assert (output / "locust_stats.csv").is_file() and (output / "report.html").is_file()

@@ -60,6 +60,13 @@ def test_images_of_different_sizes_in_one_list():
     np.testing.assert_allclose(out[0], preprocess_images(images[0][None], CONFIG)[0], atol=1e-5)
 
 
+def test_a_list_keeps_its_order_when_sizes_repeat():
+    images = [_rgb(0, 10)[0], _rgb(1, 20)[0], _rgb(2, 10)[0], _rgb(3, 20)[0]]
+    out = preprocess_images(images, CONFIG)
+    for i, image in enumerate(images):
+        np.testing.assert_allclose(out[i], preprocess_images(image[None], CONFIG)[0], atol=1e-5)
+
+
 def test_bad_inputs_are_rejected():
     with pytest.raises(ValueError, match="channels"):
         preprocess_images(np.zeros((1, 8, 8, 2), "float32"), CONFIG)

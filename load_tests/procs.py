@@ -1,0 +1,52 @@
+"""The processes of a running `bentoml serve`: CPU time and resident memory by role.
+
+`bentoml serve` starts an arbiter, one worker per service (the HTTP-facing
+`uqserve` API service, the `uqserve_model` model service) and a Prometheus
+helper. The load test reports the CPU each role used; the soak test tracks the
+resident memory of every one of them.
+"""
+
+from __future__ import annotations
+
+import psutil
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    """The process `pid` and all its descendants that are still alive."""
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def role(process: psutil.Process) -> str:
+    """'model', 'api' or 'server' (the arbiter and any helper), from the command line."""
+    try:
+        command = " ".join(process.cmdline())
+    except psutil.Error:
+        return "gone"
+    if "_bentoml_impl.worker.service" not in command:
+        return "server"
+    return "model" if "--service-name uqserve_model" in command else "api"
+
+
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far, summed by role."""
+    totals: dict[str, float] = {}
+    for process in tree(pid):
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        name = role(process)
+        totals[name] = totals.get(name, 0.0) + times.user + times.system
+    return totals
+
+
+def rss_bytes(pid: int) -> dict[str, int]:
+    """Resident memory of every process, keyed '<role>-<pid>'."""
+    sizes: dict[str, int] = {}
+    for process in tree(pid):
+        try:
+            sizes[f"{role(process)}-{process.pid}"] = process.memory_info().rss
+        except psutil.Error:
+            continue
+    return sizes
