@@ -66,6 +66,17 @@ class ModelMetadata(BaseModel):
     default_samples: int
     max_samples: int
     max_images: int
+    max_pixels: int
+    max_file_bytes: int
+    max_request_bytes: int
     uncertain_threshold: float | None
     ood_threshold: float | None
     metrics: dict[str, float]
+
+
+class WeightsDigest(BaseModel):
+    """SHA-256 of the served weights (BN statistics included) now and when loaded."""
+
+    sha256: str = Field(description="Digest of the weights in memory now.")
+    loaded_sha256: str = Field(description="Digest right after loading, before any request.")
+    unchanged: bool = Field(description="True when serving has not changed a single bit.")

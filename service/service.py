@@ -29,14 +29,22 @@ from pydantic import Field, StrictInt
 from starlette.responses import JSONResponse
 
 from models.card import CARD_KEY, DENSITY_FILE, MODEL_FILE, ModelCard
+from models.fingerprint import weights_digest
 from models.preprocessing import preprocess_images
 from service import jobs
 from service.decoding import BadInput, check_array, decode_image
+from service.limits import RequestLimits
 from service.metadata import metadata_app
 from service.metrics import observe
 from service.model_store import load_card, load_density, load_predictor, require_model
 from service.predictions import to_predictions
-from service.schemas import SEED_MAX, ArrayRequest, PixelArray, PredictionResponse
+from service.schemas import (
+    SEED_MAX,
+    ArrayRequest,
+    PixelArray,
+    PredictionResponse,
+    WeightsDigest,
+)
 from service.settings import ServiceSettings
 
 SETTINGS = ServiceSettings.from_env()
@@ -59,9 +67,11 @@ class ModelService:
     bento_model = bentoml.models.BentoModel(SETTINGS.model)
 
     def __init__(self) -> None:
-        self.card: ModelCard = load_card(self.bento_model.info.metadata[CARD_KEY])
-        self.predictor = load_predictor(self.bento_model.path_of(MODEL_FILE))
-        self.density = load_density(self.bento_model.path_of(DENSITY_FILE))
+        tag = str(self.bento_model.tag)
+        self.card: ModelCard = load_card(self.bento_model.info.metadata.get(CARD_KEY), tag)
+        self.predictor = load_predictor(self.bento_model.path_of(MODEL_FILE), tag)
+        self.density = load_density(self.bento_model.path_of(DENSITY_FILE), tag)
+        self.loaded_digest = weights_digest(self.predictor.model)
 
     @bentoml.on_startup
     def warm_up(self) -> None:
@@ -85,6 +95,13 @@ class ModelService:
             scores = -self.density.log_density(embeddings)
         return jobs.join_answer(draws, scores)
 
+    @bentoml.api
+    def weights_digest(self) -> WeightsDigest:
+        """Digest of the weights in memory, to compare with the one taken at load."""
+        now = weights_digest(self.predictor.model)
+        return WeightsDigest(sha256=now, loaded_sha256=self.loaded_digest,
+                             unchanged=now == self.loaded_digest)  # fmt: skip
+
 
 def _bad(error: BadInput) -> JSONResponse:
     return JSONResponse({"error": str(error)}, status_code=400)
@@ -99,8 +116,8 @@ class ApiService:
     bento_model = bentoml.models.BentoModel(SETTINGS.model)
 
     def __init__(self) -> None:
-        self.card: ModelCard = load_card(self.bento_model.info.metadata[CARD_KEY])
         self.tag = str(self.bento_model.tag)
+        self.card: ModelCard = load_card(self.bento_model.info.metadata.get(CARD_KEY), self.tag)
         self.settings = SETTINGS
 
     @bentoml.on_startup
@@ -185,3 +202,13 @@ class ApiService:
             return await self._answer(prepare)
         except BadInput as error:
             return _bad(error)
+
+    @bentoml.api(route="/weights_digest")
+    async def weights_digest(self) -> WeightsDigest:
+        """SHA-256 of the served weights now and at load: serving must never change them."""
+        return await self.model_service.to_async.weights_digest()
+
+
+ApiService.add_asgi_middleware(
+    RequestLimits, max_bytes=SETTINGS.max_request_bytes, max_files=SETTINGS.max_images
+)

@@ -31,6 +31,9 @@ class ServiceSettings(BaseModel):
         25_000_000, ge=1, description="Most pixels (width x height) of one image."
     )
     max_file_bytes: int = Field(20_000_000, ge=1, description="Largest uploaded file.")
+    max_request_bytes: int = Field(
+        50_000_000, ge=1, description="Largest request body (files or JSON), checked first."
+    )
     workers: int = Field(1, ge=1, description="Model service worker processes.")
     gpu: int = Field(0, ge=0, description="GPUs for the model service (0: CPU).")
 
@@ -39,6 +42,11 @@ class ServiceSettings(BaseModel):
         if self.max_images > self.max_batch_size:
             raise ValueError(
                 f"max_images={self.max_images} must not exceed max_batch_size={self.max_batch_size}"
+            )
+        if self.max_file_bytes > self.max_request_bytes:
+            raise ValueError(
+                f"max_file_bytes={self.max_file_bytes} must not exceed "
+                f"max_request_bytes={self.max_request_bytes}"
             )
         return self
 

@@ -132,3 +132,22 @@ def test_missing_model_stops_start_up_naming_the_tag_and_the_fix():
     assert done.returncode != 0
     assert "no_such_model:latest" in done.stderr
     assert "make train" in done.stderr
+
+
+def test_corrupt_model_file_stops_start_up_naming_the_file(tag):
+    import bentoml
+
+    from models.card import MODEL_FILE
+    from tests.service_helpers import export_tiny
+
+    broken = export_tiny("uqserve_broken")
+    path = bentoml.models.get(broken).path_of(MODEL_FILE)
+    with open(path, "r+b") as handle:
+        handle.truncate(1000)  # a download cut short
+    env = {**os.environ, "UQSERVE_MODEL": broken}
+    done = subprocess.run(
+        [str(BIN / "bentoml"), "serve", "service.service:ApiService", "--port", str(free_port())],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert broken in done.stderr and "model.keras is not a Keras archive" in done.stderr

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.service_helpers import encode, png
+from tests.service_helpers import encode, png, zero_width_png
 
 GOOD = png(1)
 JPEG = encode(Image.new("RGB", (40, 30), (200, 10, 10)), "JPEG")
 TINY_BOMB = encode(Image.new("1", (2000, 2000)), "PNG")  # a few KB, 4 million pixels
 PIL_BOMB = encode(Image.new("1", (14000, 14000)), "PNG")  # past Pillow's own bomb limit
+GIF = encode(Image.new("P", (30, 20)), "GIF")
 
 
 def _post_files(client, blobs, data=None):
@@ -39,6 +40,14 @@ FILE_CASES = [
     ("seed negative", [GOOD], {"seed": "-1"}, "seed"),
     ("seed too large", [GOOD], {"seed": str(2**60)}, "seed"),
     ("seed a string", [GOOD], {"seed": "abc"}, "seed"),
+    ("seed a float", [GOOD], {"seed": "1.5"}, "seed"),
+    ("samples astronomically large", [GOOD], {"samples": str(10**30)}, "samples"),
+    ("samples huge", [GOOD], {"samples": str(10**12)}, "exceeds the limit of 50"),
+    ("zero-sized image", [zero_width_png()], {}, "files[0]"),
+    ("truncated GIF", [GIF[: len(GIF) // 2]], {}, "cannot decode"),
+    ("PNG signature only", [GOOD[:8]], {}, "files[0]"),
+    ("second file bad", [GOOD, b"junk"], {}, "files[1]: not a supported image"),
+    ("thousands of images", [GOOD[:40]] * 2000, {}, "files"),
 ]
 
 
@@ -53,6 +62,68 @@ def test_bad_file_request(client, case, blobs, data, named):
     response = _post_files(client, blobs, data)
     assert 400 <= response.status_code < 500, (case, response.status_code, response.text)
     assert named in _message(response), response.text
+
+
+def test_oversized_body_is_refused_before_parsing(client):
+    response = _post_files(client, [GOOD, np.random.bytes(1_200_000)])
+    assert response.status_code == 413
+    assert "request body: " in _message(response) and "limit of 1000000 bytes" in _message(response)
+
+
+def test_oversized_chunked_body_without_length_is_refused(client):
+    def chunks():
+        for _ in range(30):
+            yield b"[" * 50_000
+
+    response = client.post(
+        "/predict_array", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert "exceeds the limit of 1000000 bytes" in _message(response)
+
+
+def test_non_numeric_content_length_is_refused(client):
+    response = client.post(
+        "/predict_array", content=b"{}", headers={"content-type": "application/json",
+                                                  "content-length": "lots"}
+    )  # fmt: skip
+    assert response.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "content_type"),
+    [
+        ("/predict", b'{"images": [[1, 2], [3, 4]]}', "application/json"),
+        ("/predict", GOOD, "image/png"),
+        ("/predict", b"", "multipart/form-data; boundary=xyz"),
+        ("/predict_array", b"images=1", "application/x-www-form-urlencoded"),
+        ("/predict_array", b"[[1, 2], [3, 4]]", "text/plain"),
+        ("/predict_array", b"", "application/json"),
+        ("/predict_array", b"[" * 20_000 + b"]" * 20_000, "application/json"),
+        ("/predict_array", b'{"images": {"a": 1}}', "application/json"),
+        ("/predict_array", b'{"images": null}', "application/json"),
+        ("/predict_array", b'{"images": [[1, 2], [3, 4]], "samples": true}', "application/json"),
+    ],
+    ids=[
+        "json to /predict", "raw png to /predict", "empty multipart", "form to /predict_array",
+        "text/plain", "empty json body", "deeply nested json", "images an object",
+        "images null", "samples true",
+    ],
+)  # fmt: skip
+def test_wrong_content_or_shape_of_body(client, route, body, content_type):
+    response = client.post(route, content=body, headers={"content-type": content_type})
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
+
+
+def test_animated_gif_uses_its_first_frame(client):
+    frames = [Image.new("RGB", (30, 20), colour) for colour in ((250, 0, 0), (0, 0, 250))]
+    animated = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50)
+    first = encode(frames[0], "PNG")
+    answers = [
+        _post_files(client, [blob], {"samples": "4", "seed": "3"}).json()["predictions"][0]
+        for blob in (animated, first)
+    ]
+    assert answers[0]["probabilities"] == pytest.approx(answers[1]["probabilities"], abs=1e-5)
 
 
 def test_no_files_at_all(client):
@@ -106,9 +177,12 @@ def test_not_json_at_all(client):
 
 
 def test_service_still_answers_correctly_afterwards(client):
-    for case in FILE_CASES[:6]:
+    before = _post_files(client, [GOOD], {"samples": "4", "seed": "2"}).json()
+    for case in FILE_CASES:
         _post_files(client, case[1], case[2])
+    for case in ARRAY_CASES:
+        client.post("/predict_array", json=case[1])
     response = _post_files(client, [GOOD], {"samples": "4", "seed": "2"})
     assert response.status_code == 200
-    probabilities = response.json()["predictions"][0]["probabilities"]
-    assert abs(sum(probabilities) - 1.0) < 1e-6
+    assert response.json()["predictions"] == before["predictions"]
+    assert client.post("/weights_digest", json={}).json()["unchanged"] is True
