@@ -33,6 +33,7 @@ from models.fingerprint import weights_digest
 from models.preprocessing import preprocess_images
 from service import jobs
 from service.decoding import BadInput, check_array, decode_image
+from service.errors import ValidationErrors
 from service.limits import RequestLimits
 from service.metadata import metadata_app
 from service.metrics import observe
@@ -209,6 +210,7 @@ class ApiService:
         return await self.model_service.to_async.weights_digest()
 
 
+ApiService.add_asgi_middleware(ValidationErrors)
 ApiService.add_asgi_middleware(
     RequestLimits, max_bytes=SETTINGS.max_request_bytes, max_files=SETTINGS.max_images
 )

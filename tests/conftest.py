@@ -93,3 +93,23 @@ def client(tag):
 
     with TestClient(ApiService.to_asgi(), raise_server_exceptions=False) as test_client:
         yield test_client
+
+
+@pytest.fixture(scope="session")
+def bento(tag) -> str:
+    """The CPU bento serving the tiny model, built once per test session."""
+    from tests.serving import build_bento
+
+    return build_bento(tag)
+
+
+@pytest.fixture(scope="session")
+def server(bento, tag, tmp_path_factory):
+    """The built bento served by `bentoml serve` in a subprocess; yields its base URL."""
+    from tests.serving import served
+
+    with served(bento, tag, tmp_path_factory.mktemp("serve"), UQSERVE_MAX_LATENCY_MS="60000") as (
+        base,
+        _,
+    ):
+        yield base

@@ -8,71 +8,18 @@ alone, and the batches formed hold more than one request.
 from __future__ import annotations
 
 import os
-import re
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 
 from load_tests.run_loadtest import free_port
 from tests.service_helpers import png
+from tests.serving import BIN, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.e2e
-
-
-def _build(tag: str) -> str:
-    env = {**os.environ, "UQSERVE_MODEL": tag}
-    done = subprocess.run(
-        [str(BIN / "bentoml"), "build", "-f", "bentofile.yaml", "."],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    match = re.search(r"(uqserve:[a-z0-9]+)", done.stdout + done.stderr)
-    assert match, done.stdout[-2000:]
-    return match.group(1)
-
-
-def _wait_ready(base: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited early:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    pytest.fail(f"server not ready in 180 s:\n{log.read_text()[-3000:]}")
-
-
-@pytest.fixture(scope="module")
-def server(tag, tmp_path_factory) -> Iterator[str]:
-    bento = _build(tag)
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = {**os.environ, "UQSERVE_MODEL": tag, "UQSERVE_MAX_LATENCY_MS": "60000"}
-    with open(log, "w") as handle:
-        process = subprocess.Popen(
-            [str(BIN / "bentoml"), "serve", bento, "--port", str(port), "--host", "127.0.0.1"],
-            cwd=tmp_path_factory.mktemp("cwd"), env=env, stdout=handle, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(base, process, log)
-        yield base
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
 
 
 def _predict(base: str, blob: bytes, seed: int = 7) -> dict:

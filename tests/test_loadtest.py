@@ -11,10 +11,10 @@ from load_tests.run_loadtest import main
 pytestmark = pytest.mark.e2e
 
 
-def test_fifteen_second_load_test_has_no_failed_request(tag, tmp_path):
+def test_fifteen_second_load_test_has_no_failed_request(tag, bento, tmp_path):
     output = tmp_path / "loadtest"
     code = main([
-        "--model", tag, "--users", "4", "--spawn-rate", "4", "--duration", "15s",
+        "--model", tag, "--bento", bento, "--users", "4", "--spawn-rate", "4", "--duration", "15s",
         "--inprocess-seconds", "3", "--output", str(output),
     ])  # fmt: skip
     summary = json.loads((output / "summary.json").read_text())

@@ -186,3 +186,10 @@ def test_service_still_answers_correctly_afterwards(client):
     assert response.status_code == 200
     assert response.json()["predictions"] == before["predictions"]
     assert client.post("/weights_digest", json={}).json()["unchanged"] is True
+
+
+def test_validation_errors_name_the_field_and_match_the_published_schema(client):
+    response = client.post("/predict_array", json={"images": [[1, 2], [3, 4]], "samples": 0})
+    body = response.json()
+    assert response.status_code == 400
+    assert body["error"].startswith("samples: ") and isinstance(body["detail"], str)
