@@ -1,14 +1,16 @@
-"""Refuse an oversized request before anything parses it.
+"""Refuse an oversized or malformed request before BentoML parses it.
 
 An ASGI middleware in front of every route. A declared `Content-Length` over
-the byte limit gets a 413 at once. A body sent without one (chunked) is
-counted as it streams, and so are the parts of a multipart form: past either
-limit the middleware answers itself (413 or 400) and tells the app the client
-has gone, so nothing more is read, parsed or written to disk.
+the byte limit gets a 413 at once. Otherwise the body is checked as it
+streams: its size, and, for a multipart form, every part's headers (through
+python-multipart's streaming parser, the one Starlette uses). Past a limit, or
+at a part that is not allowed, the middleware answers itself (413 or 400) and
+tells the app the client has gone, so nothing more is read, parsed or written.
 
-The part count matters because Starlette refuses a form of more than 1000
-files with an exception that BentoML 1.4 turns into a 500; with this limit
-such a form never reaches it.
+Why the form checks: BentoML 1.4 turns Starlette's "too many files" and
+malformed-form errors into 500s, and it treats a *text* value of a file field
+as a URL to download, which is both a server-side request forgery risk and,
+without uvloop, a crash. Here `files` must be file uploads.
 """
 
 from __future__ import annotations
@@ -17,12 +19,68 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
-FORM_FIELDS = 3  # samples, seed and the closing delimiter, besides one part per file
+FORM_FIELDS = 2  # samples and seed, besides one part per file
+FILE_FIELDS = (b"files",)
+
+
+class FormError(ValueError):
+    """A multipart form the service refuses; the message is for the client."""
+
+
+class FormInspector:
+    """Feeds a multipart body to python-multipart and checks each part's headers."""
+
+    def __init__(self, boundary: bytes, max_parts: int) -> None:
+        self.max_parts, self.parts = max_parts, 0
+        self._field, self._value, self._headers = b"", b"", {}
+        self.error: str | None = None
+        callbacks = {
+            "on_part_begin": self._begin,
+            "on_header_field": self._add_field,
+            "on_header_value": self._add_value,
+            "on_header_end": self._end_header,
+            "on_headers_finished": self._check_part,
+        }
+        self.parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+
+    def feed(self, chunk: bytes) -> None:
+        """Parse the next chunk; raise FormError at the first part that is not allowed."""
+        try:
+            self.parser.write(chunk)
+        except MultipartParseError as error:
+            raise FormError(f"request body: malformed multipart form ({error})") from None
+        if self.error is not None:
+            raise FormError(self.error)
+
+    def _begin(self) -> None:
+        self.parts += 1
+        self._headers = {}
+        if self.parts > self.max_parts and self.error is None:
+            self.error = f"files: more than the limit of {self.max_parts - FORM_FIELDS} images"
+
+    def _add_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def _add_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _end_header(self) -> None:
+        self._headers[self._field.lower()] = self._value
+        self._field, self._value = b"", b""
+
+    def _check_part(self) -> None:
+        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        name = options.get(b"name", b"")
+        if name in FILE_FIELDS and b"filename" not in options and self.error is None:
+            self.error = f"{name.decode()}: expected file uploads, received a text field"
 
 
 class RequestLimits:
@@ -34,7 +92,7 @@ class RequestLimits:
                 raise ValueError(f"Invalid value for `{name}`: expected >= 1, received {value}")
         self.app = app
         self.max_bytes = max_bytes
-        self.max_files = max_files
+        self.max_parts = max_files + FORM_FIELDS
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,13 +113,13 @@ class RequestLimits:
 
 
 class _Guard:
-    """Counts one request's body bytes and form parts; answers first when one is over."""
+    """Checks one request's body as it streams; answers first when something is refused."""
 
-    def __init__(self, limits: RequestLimits, delimiter: bytes | None, receive: Receive,
+    def __init__(self, limits: RequestLimits, boundary: bytes | None, receive: Receive,
                  send: Send) -> None:  # fmt: skip
-        self.limits, self.delimiter = limits, delimiter
+        self.limits, self.size, self.refused = limits, 0, False
+        self.form = None if boundary is None else FormInspector(boundary, limits.max_parts)
         self._receive, self._send = receive, send
-        self.size, self.parts, self.tail, self.refused = 0, 0, b"", False
 
     async def receive(self) -> Message:
         message = await self._receive()
@@ -71,13 +129,11 @@ class _Guard:
         self.size += len(chunk)
         if self.size > self.limits.max_bytes:
             return await self._refuse(413, self.limits._too_big("more bytes than allowed"))
-        if self.delimiter is not None:
-            window = self.tail + chunk
-            self.parts += window.count(self.delimiter)
-            self.tail = window[-(len(self.delimiter) - 1) :]
-            if self.parts > self.limits.max_files + FORM_FIELDS:
-                limit = self.limits.max_files
-                return await self._refuse(400, f"files: more than the limit of {limit} images")
+        try:
+            if self.form is not None:
+                self.form.feed(chunk)
+        except FormError as error:
+            return await self._refuse(400, str(error))
         return message
 
     async def send(self, message: Message) -> None:
@@ -91,14 +147,11 @@ class _Guard:
 
 
 def _boundary(content_type: bytes) -> bytes | None:
-    """The multipart delimiter (b'--' + boundary) of a form upload, else None."""
-    if not content_type.lower().startswith(b"multipart/"):
+    """The boundary of a multipart form upload, else None."""
+    kind, options = parse_options_header(content_type)
+    if not kind.lower().startswith(b"multipart/"):
         return None
-    for parameter in content_type.split(b";")[1:]:
-        key, _, value = parameter.strip().partition(b"=")
-        if key.lower() == b"boundary" and value.strip(b'"'):
-            return b"--" + value.strip(b'"')
-    return None
+    return options.get(b"boundary") or None
 
 
 async def _refuse(send: Send, status: int, error: str) -> None:

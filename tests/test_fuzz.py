@@ -10,6 +10,8 @@ from __future__ import annotations
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -18,11 +20,13 @@ from schemathesis.checks import (
 
 pytestmark = pytest.mark.e2e
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
-EXAMPLES = 30  # per operation
+EXAMPLES = 100  # per operation, valid and invalid
 
 
 def _fuzz(operation) -> None:
-    @given(case=operation.as_strategy())
+    valid_or_not = st.one_of(operation.as_strategy(mode) for mode in GenerationMode)
+
+    @given(case=valid_or_not)
     @settings(
         max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck)
     )

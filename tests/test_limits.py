@@ -52,18 +52,46 @@ def _run(body_chunks: list[bytes], headers: list[tuple[bytes, bytes]], **limits:
 MULTIPART = [(b"content-type", b"multipart/form-data; boundary=" + BOUNDARY)]
 
 
-def test_a_body_within_limits_reaches_the_app_whole():
-    chunks = [b"--xyz\r\npart\r\n", b"--xyz\r\npart\r\n--xyz--"]
-    status, body = _run(chunks, MULTIPART, max_bytes=1000, max_files=4)
-    assert (status, body) == (200, b"%d" % sum(map(len, chunks)))
+def _form(*parts: tuple[str, str | None, bytes]) -> bytes:
+    """A multipart body of (field name, file name or None for a text field, content)."""
+    out = b""
+    for name, filename, content in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += b"--xyz\r\nContent-Disposition: " + disposition.encode() + b"\r\n\r\n"
+        out += content + b"\r\n"
+    return out + b"--xyz--\r\n"
 
 
-def test_delimiters_split_across_chunks_are_counted():
-    chunks = [b"--x", b"yz\r\na\r\n--", b"xy", b"z\r\nb\r\n--xyz--"]  # 3 delimiters
-    assert _run(chunks, MULTIPART, max_bytes=1000, max_files=1)[0] == 200
-    status, body = _run(chunks * 2, MULTIPART, max_bytes=1000, max_files=1)  # 6 > 1 + 3
+def _split(body: bytes, size: int) -> list[bytes]:
+    return [body[i : i + size] for i in range(0, len(body), size)]
+
+
+def test_a_form_within_limits_reaches_the_app_whole():
+    body = _form(("files", "a.png", b"\x89PNG..."), ("samples", None, b"3"))
+    status, answer = _run(_split(body, 7), MULTIPART, max_bytes=1000, max_files=4)
+    assert (status, answer) == (200, b"%d" % len(body))
+
+
+def test_parts_split_across_chunks_are_counted():
+    three = _form(*[("files", f"{i}.png", b"data") for i in range(3)])
+    assert _run(_split(three, 5), MULTIPART, max_bytes=10_000, max_files=1)[0] == 200  # 3 <= 1 + 2
+    four = _form(*[("files", f"{i}.png", b"data") for i in range(4)])
+    status, body = _run(_split(four, 5), MULTIPART, max_bytes=10_000, max_files=1)
     assert status == 400
     assert "more than the limit of 1 images" in json.loads(body)["error"]
+
+
+def test_a_text_value_for_files_is_refused_not_fetched():
+    body = _form(("files", None, b"http://169.254.169.254/latest/meta-data"))
+    status, answer = _run([body], MULTIPART, max_bytes=1000, max_files=4)
+    assert status == 400
+    assert json.loads(answer)["error"] == "files: expected file uploads, received a text field"
+
+
+def test_a_malformed_form_is_refused():
+    status, answer = _run([b"garbage before any boundary\r\n"], MULTIPART, max_bytes=1000,
+                          max_files=4)  # fmt: skip
+    assert status == 400 and b"malformed multipart form" in answer
 
 
 def test_a_chunked_body_over_the_limit_is_refused_with_413():

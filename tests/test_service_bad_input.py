@@ -193,3 +193,12 @@ def test_validation_errors_name_the_field_and_match_the_published_schema(client)
     body = response.json()
     assert response.status_code == 400
     assert body["error"].startswith("samples: ") and isinstance(body["detail"], str)
+
+
+def test_a_url_in_the_files_field_is_refused_not_fetched(client):
+    body = b'--b\r\nContent-Disposition: form-data; name="files"\r\n\r\nhttp://127.0.0.1:9/x\r\n--b--\r\n'
+    response = client.post(
+        "/predict", content=body, headers={"content-type": "multipart/form-data; boundary=b"}
+    )
+    assert response.status_code == 400
+    assert "files: expected file uploads, received a text field" in _message(response)
