@@ -25,6 +25,7 @@ import aiohttp
 import anyio
 import bentoml
 import numpy as np
+from bentoml.exceptions import ServiceUnavailable
 from pydantic import Field, StrictInt
 from starlette.responses import JSONResponse
 
@@ -108,6 +109,15 @@ def _bad(error: BadInput) -> JSONResponse:
     return JSONResponse({"error": str(error)}, status_code=400)
 
 
+def _overloaded() -> JSONResponse:
+    """503 with a reason and a hint, when adaptive batching cannot meet the latency budget."""
+    error = (
+        "overloaded: the model service cannot answer within the latency budget of "
+        f"{SETTINGS.max_latency_ms} ms (UQSERVE_MAX_LATENCY_MS); retry later"
+    )
+    return JSONResponse({"error": error}, status_code=503, headers={"Retry-After": "1"})
+
+
 @bentoml.asgi_app(metadata_app, path="/")
 @bentoml.service(name="uqserve", traffic={"timeout": 300})
 class ApiService:
@@ -157,7 +167,10 @@ class ApiService:
     async def _answer(self, prepare: Callable[[], tuple[np.ndarray, int, int]]) -> Any:
         """Run the blocking `prepare` in a worker thread, sample, build the response."""
         rows, samples, seed = await anyio.to_thread.run_sync(prepare)
-        answer = await self._sample(rows)
+        try:
+            answer = await self._sample(rows)
+        except ServiceUnavailable:  # the model service shed the request: past the budget
+            return _overloaded()
         scores, draws = jobs.split_answer(answer, samples, self.card.model.num_classes)
         predictions = to_predictions(draws, scores, self.card)  # draws: (n, T, C)
         observe.predictions(predictions, samples)
