@@ -9,11 +9,13 @@ PORT ?= 3000
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export BENTOML_DO_NOT_TRACK ?= true
 
+SOAK_DURATION ?= 10m
+SOAK_USERS ?= 8
 USERS ?= 16
 SPAWN_RATE ?= 4
 DURATION ?= 60s
 
-.PHONY: install train model serve bento loadtest bench test lint format clean
+.PHONY: install train model serve bento loadtest bench soak test lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +46,10 @@ bench: model ## in-process MC cost table, then served vs in-process throughput; 
 	$(BIN)/python load_tests/bench.py
 	$(BIN)/python load_tests/run_loadtest.py --model $(MODEL) --users $(USERS) \
 		--spawn-rate $(SPAWN_RATE) --duration $(DURATION) --output reports/bench/served
+
+soak: model ## serve the bento, Locust for $(SOAK_DURATION), watch every process's memory; reports/soak/
+	$(BIN)/python load_tests/soak.py --model $(MODEL) --users $(SOAK_USERS) \
+		--duration $(SOAK_DURATION)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

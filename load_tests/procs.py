@@ -8,6 +8,10 @@ resident memory of every one of them.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+
 import psutil
 
 
@@ -50,3 +54,28 @@ def rss_bytes(pid: int) -> dict[str, int]:
         except psutil.Error:
             continue
     return sizes
+
+
+def role_of(key: str) -> str:
+    """The role part of an `rss_bytes` key: 'model-1234' -> 'model'."""
+    return key.rsplit("-", 1)[0]
+
+
+def stop_service(process: subprocess.Popen, grace: float = 60.0) -> list[str]:
+    """SIGTERM the service; SIGKILL what is left of its tree after `grace` s.
+
+    Returns the '<role>-<pid>' of every process that had to be killed. The
+    API worker sometimes hangs on shutdown and the arbiter waits for it;
+    it runs in its own process group, so the tree is taken before the
+    SIGTERM, while it still hangs from the arbiter.
+    """
+    everything = tree(process.pid) if process.poll() is None else []
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+    _, alive = psutil.wait_procs(everything, timeout=grace)
+    killed = [f"{role(p)}-{p.pid}" for p in alive]
+    for leftover in alive:
+        leftover.kill()
+    psutil.wait_procs(alive, timeout=30)
+    process.wait(timeout=30)
+    return killed

@@ -15,7 +15,6 @@ import json
 import os
 import random
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -93,6 +92,15 @@ def run_locust(url: str, users: int, spawn_rate: float, duration: str, output: P
         "--csv", str(output / "locust"), "--html", str(output / "report.html"),
     ]  # fmt: skip
     return subprocess.run(command, cwd=HERE, check=False).returncode
+
+
+def weights_digest(url: str) -> dict:
+    """The served weights' SHA-256 now and at load (POST /weights_digest)."""
+    request = urllib.request.Request(
+        f"{url}/weights_digest", data=b"{}", headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
 
 
 def batch_histogram(url: str) -> dict[str, float]:
@@ -195,18 +203,22 @@ def main(argv: list[str] | None = None) -> int:
     process = serve(bento, args.model, port, args.output / "service.log")
     try:
         wait_ready(url, process, args.output / "service.log")
+        digest_before = weights_digest(url)
         before, locust, start = procs.cpu_seconds(process.pid), children_cpu(), time.monotonic()
         code = run_locust(url, args.users, args.spawn_rate, args.duration, args.output)
         cores = cpu_cores(before, procs.cpu_seconds(process.pid), children_cpu() - locust,
                           time.monotonic() - start)  # fmt: skip
         batches = batch_histogram(url)
+        digest_after = weights_digest(url)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=120)
+        procs.stop_service(process)
     summary = {"bento": bento, "model": args.model, "users": args.users, "duration": args.duration,
                "samples": 30, "served": served_throughput(args.output, seconds_of(args.duration)),
-               "adaptive_batches": batches, "cpu_cores": cores}  # fmt: skip
+               "adaptive_batches": batches, "cpu_cores": cores,
+               "weights": {"sha256_before": digest_before["sha256"],
+                           "sha256_after": digest_after["sha256"],
+                           "unchanged": digest_before["sha256"] == digest_after["sha256"]
+                           == digest_after["loaded_sha256"]}}  # fmt: skip
     if args.inprocess_seconds > 0:
         inprocess, inprocess_cores = inprocess_throughput(
             args.model, 30, 16, args.inprocess_seconds
@@ -224,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     (args.output / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
+    if not summary["weights"]["unchanged"]:
+        print("load test: the served weights changed under load", file=sys.stderr)
+        return code or 1
     return code
 
 

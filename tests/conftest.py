@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 # Before BentoML is imported anywhere: tests never touch the user's model store.
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="uqserve-bentoml-")
+atexit.register(shutil.rmtree, os.environ["BENTOML_HOME"], ignore_errors=True)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Before prometheus_client is imported: lets /metrics work in-process.
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="uqserve-prom-"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from load_tests.procs import stop_service
 from load_tests.run_loadtest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +68,4 @@ def served(
         wait_ready(base, process, log)
         yield base, process
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=60)
+        stop_service(process)

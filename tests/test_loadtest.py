@@ -22,6 +22,8 @@ def test_fifteen_second_load_test_has_no_failed_request(tag, bento, tmp_path):
     assert summary["served"]["failures"] == 0
     assert summary["served"]["requests"] > 0
     assert summary["adaptive_batches"]["images"] > 0
+    assert summary["weights"]["unchanged"] is True  # BN statistics included, bit for bit
+    assert summary["weights"]["sha256_before"] == summary["weights"]["sha256_after"]
     assert summary["inprocess_images_per_s"] > 0
     assert summary["cpu_cores"]["model"] > 0 and summary["cpu_cores"]["api"] > 0
     assert 0 < summary["inprocess_cpu_cores"] <= summary["cpu_cores"]["machine"] + 0.5

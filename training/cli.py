@@ -57,7 +57,9 @@ TRAIN_FLAGS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("--clipvalue", "optimizer.clipvalue", {"type": _optional(float)}),
     ("--schedule", "optimizer.schedule", {}),
     ("--epochs", "epochs", {"type": int}),
-    ("--batch-size", "batch_size", {"type": int}),
+    ("--batch-size", "batch_size", {"type": int, "help": "per replica"}),
+    ("--strategy", "strategy", {"choices": ("default", "mirrored", "multi_worker"), "help": "default: one device; mirrored: all local GPUs; multi_worker: cluster from TF_CONFIG"}),  # noqa: E501
+    ("--scale-learning-rate", "scale_learning_rate", {"action": argparse.BooleanOptionalAction, "help": "learning rates x replicas (default: on)"}),  # noqa: E501
     ("--patience", "early_stopping_patience", {"type": _optional(int), "help": "early stopping; none = off"}),  # noqa: E501
     ("--cache-features", "cache_features", {"action": argparse.BooleanOptionalAction}),
     ("--fine-tune-blocks", "fine_tune_blocks", {"type": int}),

@@ -133,8 +133,17 @@ def summary_rows(results: dict[str, list[dict[str, Any]]]) -> list[list[str]]:
 def compare(
     base: dict[str, Any], output: Path, seeds: list[int], names: list[str], quick: bool = False
 ) -> Path:
-    """Run the chosen experiments, write one PNG each, a Markdown report and JSON."""
+    """Run the chosen experiments, write one PNG each, a Markdown report and JSON.
+
+    One device only: the heads are small, and replicas would change the batch
+    size and learning rate that the experiments hold fixed.
+    """
     config = TrainConfig.model_validate(base)
+    if config.strategy != "default":
+        raise ValueError(
+            "Invalid value for `strategy`: compare runs on one device, expected 'default', "
+            f"received strategy={config.strategy!r}"
+        )
     cached = cache_features(config)
     output.mkdir(parents=True, exist_ok=True)
     header = ["variant", "best val acc", "epochs to best", "test NLL", "test ECE", "wall s"]

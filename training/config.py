@@ -20,6 +20,7 @@ BASE_WEIGHTS_ENV = "UQSERVE_BASE_WEIGHTS"
 
 Optimizer = Literal["sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "nadam"]
 Schedule = Literal["constant", "exponential", "piecewise", "cosine", "onecycle", "plateau"]
+StrategyName = Literal["default", "mirrored", "multi_worker"]
 
 
 def default_base_weights() -> str:
@@ -80,7 +81,17 @@ class TrainConfig(Frozen):
     optimizer: OptimizerConfig = OptimizerConfig()
     base_weights: str = Field(default_factory=default_base_weights)
     epochs: int = Field(30, ge=1)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(
+        32, ge=1, description="Per replica: the global batch is batch_size x replicas."
+    )
+    strategy: StrategyName = Field(
+        "default",
+        description="default (one device) | mirrored (all local GPUs) | "
+        "multi_worker (cluster from TF_CONFIG); see training/distribute.py",
+    )
+    scale_learning_rate: bool = Field(
+        True, description="Multiply the learning rates by the replicas (linear scaling rule)."
+    )
     early_stopping_patience: int | None = Field(5, ge=1)
     cache_features: bool = True
     fine_tune_blocks: int = Field(0, ge=0, le=5)

@@ -17,6 +17,7 @@ from models.mc_dropout import MCDropoutPredictor
 from models.uncertainty import mutual_information, summarize
 from training.config import TrainConfig
 from training.data import Splits, load_dataset, split_dataset
+from training.distribute import is_chief, make_strategy
 from training.export import export_model, framework_versions
 from training.outputs import SplitOutputs, predictor_outputs
 from training.plots import plot_learning_curves
@@ -73,11 +74,16 @@ def _run_dir(config: TrainConfig) -> Path:
 
 
 def run_training(config: TrainConfig, verbose: int = 1) -> TrainResult:
-    """Train, evaluate on the test split, write the run folder, export to the model store."""
+    """Train, evaluate on the test split, write the run folder, export to the model store.
+
+    The strategy is made first: multi_worker must exist before TensorFlow runs
+    anything. On multi_worker only the chief exports (the others return tag None).
+    """
+    strategy = make_strategy(config.strategy)
     data = load_dataset(config.data.dataset, config.preprocessing.image_size)
     splits = split_dataset(data, config.data, config.seed)
     run_dir = _run_dir(config)
-    model, history = train_model(config, splits, run_dir / "tensorboard", verbose)
+    model, history = train_model(config, splits, run_dir / "tensorboard", verbose, strategy)
     model_config = ModelConfig(
         num_classes=len(data.class_names), preprocessing=config.preprocessing, head=config.head
     )
@@ -94,5 +100,6 @@ def run_training(config: TrainConfig, verbose: int = 1) -> TrainResult:
     plot_learning_curves(history.logs, history.phases, run_dir / "learning_curve.png")
     (run_dir / "config.json").write_text(json.dumps(card.training, indent=2))
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    tag = export_model(model, card, config.model_name, density) if config.export else None
+    export = config.export and is_chief(strategy)
+    tag = export_model(model, card, config.model_name, density) if export else None
     return TrainResult(model, card, history, run_dir, tag)

@@ -10,12 +10,14 @@ from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from models.architecture import build_model, get_base, get_head
 from models.backbone import unfreeze_top_blocks
 from models.config import ModelConfig
 from training.config import TrainConfig
 from training.data import Splits
+from training.distribute import make_strategy, scale_for_replicas
 from training.features import base_features, image_pipeline
 from training.optimizers import build_optimizer, schedule_callbacks
 
@@ -101,7 +103,11 @@ def fit_on_features(
     log_dir: Path | None,
     verbose: int,
 ) -> keras.callbacks.History:
-    """Train a head on cached base features (features, labels) with the run's optimizer."""
+    """Train a head on cached base features (features, labels) with the run's optimizer.
+
+    Under a strategy, call it inside `strategy.scope()` (as `train_model` does) with
+    the head built there; `batch_size` is then the global batch, split across replicas.
+    """
     steps = int(np.ceil(len(train[1]) / config.batch_size)) * config.epochs
     head.compile(build_optimizer(config.optimizer, steps), LOSS, metrics=["accuracy"])
     return head.fit(
@@ -160,13 +166,26 @@ def fine_tune(
 
 
 def train_model(
-    config: TrainConfig, splits: Splits, log_dir: Path | None = None, verbose: int = 1
+    config: TrainConfig,
+    splits: Splits,
+    log_dir: Path | None = None,
+    verbose: int = 1,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> tuple[keras.Model, History]:
-    """Build, run phase 1 and (if `fine_tune_blocks` > 0) phase 2."""
+    """Build, run phase 1 and (if `fine_tune_blocks` > 0) phase 2 under the run's strategy.
+
+    The model and its optimizers are built inside `strategy.scope()`, so every
+    variable is mirrored on each replica. Batch size and learning rates follow
+    the scaling rule of `training.distribute`. `strategy` None: `config.strategy`.
+    """
+    if strategy is None:
+        strategy = make_strategy(config.strategy)
+    config = scale_for_replicas(config, strategy.num_replicas_in_sync)
     keras.utils.set_random_seed(config.seed)
-    model = build_for(config, len(splits.train.class_names))
     history = History()
-    history.extend("head", fit_head(model, splits, config, log_dir, verbose))
-    if config.fine_tune_blocks > 0:
-        history.extend("fine_tune", fine_tune(model, splits, config, log_dir, verbose))
+    with strategy.scope():
+        model = build_for(config, len(splits.train.class_names))
+        history.extend("head", fit_head(model, splits, config, log_dir, verbose))
+        if config.fine_tune_blocks > 0:
+            history.extend("fine_tune", fine_tune(model, splits, config, log_dir, verbose))
     return model, history
