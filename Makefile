@@ -15,7 +15,7 @@ USERS ?= 16
 SPAWN_RATE ?= 4
 DURATION ?= 60s
 
-.PHONY: install train model serve bento loadtest bench soak test lint format clean
+.PHONY: install train model serve bento container container-test loadtest bench soak test lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ serve: model ## serve the model on port $(PORT) (from source)
 
 bento: model ## build the bento (no Docker needed); GPU variant: make bento BENTOFILE=bentofile.gpu.yaml
 	UQSERVE_MODEL=$(MODEL) $(BIN)/bentoml build -f $(or $(BENTOFILE),bentofile.yaml) .
+
+container: model ## the bento's image <name>:<version> + :latest (Docker, else buildah); GPU: BENTOFILE=bentofile.gpu.yaml
+	$(BIN)/python -m deploy.container build --model $(MODEL) --bentofile $(or $(BENTOFILE),bentofile.yaml)
+
+container-test: $(STAMP) ## image of a tiny model run by docker/podman: /readyz, /metadata, /predict checked; IMAGE=... tests yours
+	$(BIN)/python -m deploy.container test $(if $(IMAGE),--image $(IMAGE) --model $(MODEL),--tiny)
 
 loadtest: model ## build the bento, serve it, Locust for $(DURATION) with $(USERS) users; reports/loadtest/
 	$(BIN)/python load_tests/run_loadtest.py --model $(MODEL) --users $(USERS) \

@@ -1,0 +1,1 @@
+"""Deployment tooling: the bento's container image, built and tested (`deploy.container`)."""
