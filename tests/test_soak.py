@@ -170,10 +170,10 @@ def test_stop_kills_nothing_that_exits_on_sigterm():
 
 
 @pytest.mark.e2e
-def test_forty_second_soak_serves_every_request_and_writes_its_reports(tag, tmp_path):
+def test_forty_second_soak_serves_every_request_and_writes_its_reports(tag, bento, tmp_path):
     output = tmp_path / "soak"
     main([
-        "--model", tag, "--users", "4", "--duration", "40s", "--warmup", "15s",
+        "--model", tag, "--bento", bento, "--users", "4", "--duration", "40s", "--warmup", "15s",
         "--interval", "1", "--window", "3", "--output", str(output),
     ])  # fmt: skip
     summary = json.loads((output / "summary.json").read_text())
