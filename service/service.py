@@ -61,7 +61,7 @@ Seed = Annotated[StrictInt, Field(ge=0, le=SEED_MAX, description="Makes sampling
     name="uqserve_model",
     workers=SETTINGS.workers,
     resources={"gpu": SETTINGS.gpu} if SETTINGS.gpu else {"cpu": "1"},
-    traffic={"timeout": 300},
+    traffic={"timeout": SETTINGS.request_timeout_s},
 )
 class ModelService:
     """The Keras model behind an adaptive batch: job rows in, OOD scores and samples out."""
@@ -119,7 +119,7 @@ def _overloaded() -> JSONResponse:
 
 
 @bentoml.asgi_app(metadata_app, path="/")
-@bentoml.service(name="uqserve", traffic={"timeout": 300})
+@bentoml.service(name="uqserve", traffic={"timeout": SETTINGS.request_timeout_s})
 class ApiService:
     """HTTP front door: `/predict` (image files), `/predict_array` (JSON), `GET /metadata`."""
 

@@ -34,6 +34,13 @@ class ServiceSettings(BaseModel):
     max_request_bytes: int = Field(
         50_000_000, ge=1, description="Largest request body (files or JSON), checked first."
     )
+    request_timeout_s: int = Field(
+        60,
+        ge=1,
+        description="A request still unanswered after this many seconds gets a 504. BentoML 1.4 "
+        "also keeps each request's context in memory until then (its timeout timer is never "
+        "cancelled), so memory levels off only after this long under steady traffic.",
+    )
     workers: int = Field(1, ge=1, description="Model service worker processes.")
     gpu: int = Field(0, ge=0, description="GPUs for the model service (0: CPU).")
 
