@@ -7,8 +7,6 @@ with the host's network (the container binds it directly, `-p` is moot).
 
 from __future__ import annotations
 
-import random
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +17,7 @@ from dataclasses import dataclass
 import httpx
 
 from deploy.container.engine import ContainerError, Engine
+from load_tests.run_loadtest import free_port
 
 
 @dataclass(frozen=True)
@@ -32,20 +31,6 @@ class Container:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-
-def free_port() -> int:
-    """A free port below Linux's ephemeral range, where BentoML's inner services bind."""
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20000, 32000)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise ContainerError("no free port between 20000 and 31999")
 
 
 def run_command(
