@@ -9,7 +9,6 @@ import tempfile
 
 # Before BentoML is imported anywhere: tests never touch the user's model store.
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="uqserve-bentoml-")
-atexit.register(shutil.rmtree, os.environ["BENTOML_HOME"], ignore_errors=True)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Before prometheus_client is imported: lets /metrics work in-process.
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="uqserve-prom-"))
@@ -22,6 +21,7 @@ import pytest
 from models.architecture import build_model
 from models.config import HeadConfig, ModelConfig, PreprocessingConfig
 
+atexit.register(shutil.rmtree, os.environ["BENTOML_HOME"], ignore_errors=True)
 TINY = PreprocessingConfig(image_size=(32, 32))
 
 
