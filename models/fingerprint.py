@@ -1,7 +1,7 @@
 """A digest of a model's weights, to show serving never changes them.
 
 Covers every variable, trainable or not: kernels, biases and BatchNormalization
-moving statistics (which `model(x, training=True)` would overwrite). Two models
+moving statistics (which running the model in training mode would overwrite). Two models
 with the same digest hold bit-identical weights under the same names.
 """
 
