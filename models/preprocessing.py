@@ -53,6 +53,19 @@ def preprocess_batch(images: Any, config: PreprocessingConfig) -> Any:
     return keras.applications.vgg16.preprocess_input(resized)
 
 
+GROUP_PIXELS = 2**22  # most input pixels preprocessed in one call: bounds peak memory
+
+
+def _same_size_groups(images: Sequence[np.ndarray]) -> list[list[int]]:
+    """Indices of same-sized images, in groups of at most GROUP_PIXELS pixels (one call each)."""
+    groups = []
+    for shape in dict.fromkeys(np.shape(image) for image in images):  # first-seen order
+        members = [i for i, image in enumerate(images) if np.shape(image) == shape]
+        per_call = max(1, GROUP_PIXELS // max(1, shape[0] * shape[1]))
+        groups += [members[k : k + per_call] for k in range(0, len(members), per_call)]
+    return groups
+
+
 def preprocess_images(
     images: np.ndarray | Sequence[np.ndarray], config: PreprocessingConfig
 ) -> np.ndarray:
@@ -62,11 +75,8 @@ def preprocess_images(
     if len(images) == 0:
         raise ValueError("Invalid value for `images`: expected at least one image, received 0")
     out: list[np.ndarray] = [np.empty(0)] * len(images)
-    for shape in {np.shape(image) for image in images}:  # one call per distinct size
-        members = [i for i, image in enumerate(images) if np.shape(image) == shape]
-        same_size = np.stack([images[i] for i in members])
-        for i, row in zip(
-            members, ops.convert_to_numpy(preprocess_batch(same_size, config)), strict=True
-        ):
+    for group in _same_size_groups(images):
+        batch = preprocess_batch(np.stack([images[i] for i in group]), config)
+        for i, row in zip(group, ops.convert_to_numpy(batch), strict=True):
             out[i] = row
     return np.stack(out)

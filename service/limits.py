@@ -29,6 +29,11 @@ Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 FORM_FIELDS = 2  # samples and seed, besides one part per file
 FILE_FIELDS = (b"files",)
+MAX_FIELD_BYTES = 64 * 1024  # a form's text value (samples, seed); Starlette 500s past 1 MiB
+CONTENT_TYPES = {  # what each prediction route accepts; anything else is a 415
+    "/predict": b"multipart/form-data",
+    "/predict_array": b"application/json",
+}
 
 
 class FormError(ValueError):
@@ -42,8 +47,10 @@ class FormInspector:
         self.max_parts, self.parts = max_parts, 0
         self._field, self._value, self._headers = b"", b"", {}
         self.error: str | None = None
+        self._field_bytes, self._text_part = 0, False
         callbacks = {
             "on_part_begin": self._begin,
+            "on_part_data": self._data,
             "on_header_field": self._add_field,
             "on_header_value": self._add_value,
             "on_header_end": self._end_header,
@@ -79,8 +86,16 @@ class FormInspector:
     def _check_part(self) -> None:
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         name = options.get(b"name", b"")
-        if name in FILE_FIELDS and b"filename" not in options and self.error is None:
+        self._text_part, self._field_bytes = b"filename" not in options, 0
+        if name in FILE_FIELDS and self._text_part and self.error is None:
             self.error = f"{name.decode()}: expected file uploads, received a text field"
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        if not self._text_part:
+            return
+        self._field_bytes += end - start
+        if self._field_bytes > MAX_FIELD_BYTES and self.error is None:
+            self.error = f"form: a text field longer than {MAX_FIELD_BYTES} bytes"
 
 
 class RequestLimits:
@@ -100,7 +115,10 @@ class RequestLimits:
             return
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
-        if declared is not None and not declared.isdigit():
+        wrong_type = _wrong_type(scope, headers.get(b"content-type", b""))
+        if wrong_type is not None:
+            await _refuse(send, *wrong_type)
+        elif declared is not None and not declared.isdigit():
             await _refuse(send, 400, "Content-Length: not a number of bytes")
         elif declared is not None and int(declared) > self.max_bytes:
             await _refuse(send, 413, self._too_big(f"{int(declared)} bytes"))
@@ -144,6 +162,24 @@ class _Guard:
         self.refused = True
         await _refuse(self._send, status, error)
         return {"type": "http.disconnect"}
+
+
+def _wrong_type(scope: Scope, content_type: bytes) -> tuple[int, str] | None:
+    """(status, why) when a prediction route refuses this content type, else None.
+
+    BentoML would hand a urlencoded body to its multipart parser, and
+    download a `files=<URL>` value; only the route's own type gets through.
+    """
+    expected = CONTENT_TYPES.get(scope.get("path", ""))
+    if expected is None or scope.get("method") != "POST":
+        return None
+    kind, options = parse_options_header(content_type)
+    if kind.lower() != expected:
+        received = kind.decode(errors="replace") or "none"
+        return 415, f"content-type: expected {expected.decode()}, received {received}"
+    if expected.startswith(b"multipart/") and not options.get(b"boundary"):
+        return 400, "content-type: multipart/form-data without a boundary"
+    return None
 
 
 def _boundary(content_type: bytes) -> bytes | None:

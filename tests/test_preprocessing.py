@@ -60,6 +60,17 @@ def test_images_of_different_sizes_in_one_list():
     np.testing.assert_allclose(out[0], preprocess_images(images[0][None], CONFIG)[0], atol=1e-5)
 
 
+def test_large_same_sized_images_are_preprocessed_in_bounded_groups(monkeypatch):
+    from models import preprocessing
+
+    monkeypatch.setattr(preprocessing, "GROUP_PIXELS", 2 * 20 * 20)  # two 20x20 images a call
+    images = [_rgb(i, 20)[0] for i in range(5)] + [_rgb(9, 10)[0]]
+    assert preprocessing._same_size_groups(images) == [[0, 1], [2, 3], [4], [5]]
+    out = preprocess_images(images, CONFIG)
+    for i, image in enumerate(images):
+        np.testing.assert_allclose(out[i], preprocess_images(image[None], CONFIG)[0], atol=1e-5)
+
+
 def test_a_list_keeps_its_order_when_sizes_repeat():
     images = [_rgb(0, 10)[0], _rgb(1, 20)[0], _rgb(2, 10)[0], _rgb(3, 20)[0]]
     out = preprocess_images(images, CONFIG)

@@ -113,6 +113,7 @@ def test_non_numeric_content_length_is_refused(client):
 def test_wrong_content_or_shape_of_body(client, route, body, content_type):
     response = client.post(route, content=body, headers={"content-type": content_type})
     assert 400 <= response.status_code < 500, (response.status_code, response.text[:300])
+    assert response.json()["error"], response.text[:300]  # a message, not just a status
 
 
 def test_animated_gif_uses_its_first_frame(client):
@@ -127,9 +128,34 @@ def test_animated_gif_uses_its_first_frame(client):
 
 
 def test_no_files_at_all(client):
-    response = client.post("/predict", data={"samples": "3"})
+    response = client.post("/predict", data={"samples": "3"})  # urlencoded, not a form upload
+    assert response.status_code == 415
+    assert "expected multipart/form-data" in _message(response)
+    empty_form = b'--b\r\nContent-Disposition: form-data; name="samples"\r\n\r\n3\r\n--b--\r\n'
+    response = client.post(
+        "/predict", content=empty_form, headers={"content-type": "multipart/form-data; boundary=b"}
+    )
     assert response.status_code == 400
     assert "files" in _message(response)
+
+
+def test_a_url_sent_urlencoded_is_refused_not_fetched(client):
+    response = client.post("/predict", data={"files": "http://127.0.0.1:9/x.png"})
+    assert response.status_code == 415
+    assert "content-type: expected multipart/form-data" in _message(response)
+
+
+def test_a_form_without_boundary_or_with_a_huge_text_field_is_refused(client):
+    response = client.post(
+        "/predict", content=b"x", headers={"content-type": "multipart/form-data"}
+    )
+    assert response.status_code == 400 and "without a boundary" in _message(response)
+    big = b'--b\r\nContent-Disposition: form-data; name="samples"\r\n\r\n' + b"9" * 200_000
+    response = client.post(
+        "/predict", content=big + b"\r\n--b--\r\n",
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )  # fmt: skip
+    assert response.status_code == 400 and "text field longer than" in _message(response)
 
 
 ARRAY_CASES = [
