@@ -8,6 +8,7 @@ resident memory of every one of them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -66,16 +67,26 @@ def stop_service(process: subprocess.Popen, grace: float = 60.0) -> list[str]:
 
     Returns the '<role>-<pid>' of every process that had to be killed. The
     API worker sometimes hangs on shutdown and the arbiter waits for it;
-    it runs in its own process group, so the tree is taken before the
-    SIGTERM, while it still hangs from the arbiter.
+    it runs in its own process group, so the workers are listed before the
+    SIGTERM, while they still hang from the arbiter. Processes that are
+    already gone are skipped, never an error.
     """
-    everything = tree(process.pid) if process.poll() is None else []
+    workers: list[psutil.Process] = []
     if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-    _, alive = psutil.wait_procs(everything, timeout=grace)
-    killed = [f"{role(p)}-{p.pid}" for p in alive]
+        with contextlib.suppress(psutil.Error):
+            workers = tree(process.pid)[1:]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+    killed = []
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        killed.append(f"server-{process.pid}")
+        process.kill()
+        process.wait(timeout=30)
+    _, alive = psutil.wait_procs(workers, timeout=5)
     for leftover in alive:
-        leftover.kill()
-    psutil.wait_procs(alive, timeout=30)
-    process.wait(timeout=30)
+        killed.append(f"{role(leftover)}-{leftover.pid}")
+        with contextlib.suppress(psutil.Error):
+            leftover.kill()
     return killed

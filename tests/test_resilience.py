@@ -14,6 +14,7 @@ from collections import Counter
 import httpx
 import pytest
 
+from tests.conftest import SERVICE_LIMITS
 from tests.service_helpers import png
 from tests.serving import served
 
@@ -54,7 +55,8 @@ def _reference(base: str) -> list[dict]:
 
 
 def test_overload_is_shed_with_503_and_the_service_recovers(bento, tag, tmp_path):
-    with served(bento, tag, tmp_path, UQSERVE_MAX_LATENCY_MS="200") as (base, _):
+    env = {**SERVICE_LIMITS, "UQSERVE_MAX_LATENCY_MS": "200"}
+    with served(bento, tag, tmp_path, **env) as (base, _):
         expected = _reference(base)
         results: list = []
         _flood(base, users=48, until=time.monotonic() + 8, results=results)
@@ -72,7 +74,8 @@ def test_overload_is_shed_with_503_and_the_service_recovers(bento, tag, tmp_path
 
 
 def test_sigterm_lets_in_flight_requests_finish(bento, tag, tmp_path):
-    with served(bento, tag, tmp_path, UQSERVE_MAX_LATENCY_MS="60000") as (base, process):
+    env = {**SERVICE_LIMITS, "UQSERVE_MAX_LATENCY_MS": "60000"}
+    with served(bento, tag, tmp_path, **env) as (base, process):
         expected = _reference(base)
         results: list = []
         stop = threading.Event()
