@@ -171,6 +171,7 @@ def cpu_cores(
 
 
 def cores_of(summary: dict, role: str) -> float:
+    """Cores the role used during the run (never 0, so a ratio over it is defined)."""
     return max(summary["cpu_cores"].get(role, 0.0), 1e-9)
 
 

@@ -127,6 +127,7 @@ class RequestLimits:
             await self.app(scope, guard.receive, guard.send)
 
     def _too_big(self, size: str) -> str:
+        """The 413 message: what was received and the limit."""
         return f"request body: {size} exceeds the limit of {self.max_bytes} bytes"
 
 
@@ -191,6 +192,7 @@ def _boundary(content_type: bytes) -> bytes | None:
 
 
 async def _refuse(send: Send, status: int, error: str) -> None:
+    """Answer `status` with `{"error": error}`, the body every refusal of the service has."""
     body = json.dumps({"error": error}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -11,10 +11,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import ValidationError
+
+from training.config import StrategyName  # light: pydantic and yaml only
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -58,7 +60,7 @@ TRAIN_FLAGS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("--schedule", "optimizer.schedule", {}),
     ("--epochs", "epochs", {"type": int}),
     ("--batch-size", "batch_size", {"type": int, "help": "per replica"}),
-    ("--strategy", "strategy", {"choices": ("default", "mirrored", "multi_worker"), "help": "default: one device; mirrored: all local GPUs; multi_worker: cluster from TF_CONFIG"}),  # noqa: E501
+    ("--strategy", "strategy", {"choices": get_args(StrategyName), "help": "default: one device; mirrored: all local GPUs; multi_worker: cluster from TF_CONFIG"}),  # noqa: E501
     ("--scale-learning-rate", "scale_learning_rate", {"action": argparse.BooleanOptionalAction, "help": "learning rates x replicas (default: on)"}),  # noqa: E501
     ("--patience", "early_stopping_patience", {"type": _optional(int), "help": "early stopping; none = off"}),  # noqa: E501
     ("--cache-features", "cache_features", {"action": argparse.BooleanOptionalAction}),

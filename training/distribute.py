@@ -55,6 +55,7 @@ def make_strategy(name: str, devices: Sequence[str] | None = None) -> tf.distrib
 
 
 def _tf_config_error(problem: str) -> ValueError:
+    """The error for a missing or malformed TF_CONFIG, with an example to copy."""
     return ValueError(
         f"Invalid value for `strategy`: multi_worker needs TF_CONFIG {problem}. "
         f"Set it on every worker, e.g. TF_CONFIG='{TF_CONFIG_EXAMPLE}' "
