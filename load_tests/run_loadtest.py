@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from load_tests import procs  # (importable when run as a script, too)
+from deploy.container import bento as bentos  # (importable when run as a script, too)
+from load_tests import procs
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -34,11 +35,8 @@ IMAGES_PER_REQUEST = {"/predict [1 image]": 1, "/predict [4 images]": 4, "/predi
 
 
 def build_bento(model: str) -> str:
-    """`bentoml build` of the CPU bento; returns its tag."""
-    env = {**os.environ, "UQSERVE_MODEL": model}
-    command = [str(BIN / "bentoml"), "build", "-f", "bentofile.yaml", "."]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
-    return re.search(r"(uqserve:[a-z0-9]+)", done.stdout + done.stderr).group(1)
+    """`bentoml build` of the CPU bento serving `model`; returns its tag."""
+    return bentos.build_bento(model, ROOT / "bentofile.yaml")
 
 
 def free_port() -> int:

@@ -101,7 +101,7 @@ def client(tag):
 @pytest.fixture(scope="session")
 def bento(tag) -> str:
     """The CPU bento serving the tiny model, built once per test session."""
-    from tests.serving import build_bento
+    from load_tests.run_loadtest import build_bento
 
     return build_bento(tag)
 

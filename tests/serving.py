@@ -1,9 +1,8 @@
-"""Build the bento and serve it in a subprocess, as a container would (`bentoml serve <tag>`)."""
+"""Serve a built bento in a subprocess, as a container would (`bentoml serve <tag>`)."""
 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import time
@@ -19,19 +18,6 @@ from load_tests.run_loadtest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def build_bento(tag: str) -> str:
-    """`bentoml build` of the CPU bento serving model `tag`; returns the bento's tag."""
-    env = {**os.environ, "UQSERVE_MODEL": tag}
-    done = subprocess.run(
-        [str(BIN / "bentoml"), "build", "-f", "bentofile.yaml", "."],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    match = re.search(r"(uqserve:[a-z0-9]+)", done.stdout + done.stderr)
-    assert match, done.stdout[-2000:]
-    return match.group(1)
 
 
 def wait_ready(base: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:

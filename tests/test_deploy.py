@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import subprocess
 import sys
@@ -263,23 +262,13 @@ def test_cpu_variant_asks_for_no_gpu() -> None:
 # --- the bento's Dockerfile ----------------------------------------------------------
 
 
-def _build_bento(bentofile: str, model: str) -> Path:
-    """`bentoml build -f bentofile` serving `model`; returns the bento's directory."""
-    done = subprocess.run(
-        [str(BIN / "bentoml"), "build", "-f", bentofile, "-o", "tag", "."],
-        cwd=ROOT, env={**os.environ, "UQSERVE_MODEL": model},
-        capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    found = re.search(r"__tag__:(\S+)", done.stdout)
-    assert found, done.stdout[-2000:]
-    return Path(bentoml.get(found.group(1)).path)
-
-
 @pytest.fixture(scope="module", params=sorted(BENTOFILES.values()))
-def dockerfile(request: pytest.FixtureRequest, tag: str) -> Path:
+def dockerfile(request: pytest.FixtureRequest, tag: str, bento: str) -> Path:
     """The Dockerfile BentoML generates for each bento (CPU and GPU) of the tiny model."""
-    return _build_bento(request.param, tag) / "env" / "docker" / "Dockerfile"
+    from deploy.container.bento import build_bento
+
+    built = bento if request.param == BENTOFILES["cpu"] else build_bento(tag, ROOT / request.param)
+    return Path(bentoml.get(built).path) / "env" / "docker" / "Dockerfile"
 
 
 def _hadolint(dockerfile: Path, config: Path = HADOLINT_CONFIG) -> tuple[int, list[dict]]:
