@@ -138,21 +138,25 @@ def inprocess_throughput(
 ) -> tuple[float, float]:
     """(images/s, cores used) of the same model in this process, MC at T.
 
-    Decode-free: preprocessed digits in batches of `batch`.
+    The model service's work per batch: the samples (one stream per image)
+    and the density score. Decode-free: preprocessed digits in batches of `batch`.
     """
     from load_tests.payloads import make_payloads, pixel_arrays
     from models.mc_dropout import MCDropoutPredictor
     from models.preprocessing import preprocess_images
-    from training.export import load_exported
+    from training.export import load_density, load_exported
 
     network, card = load_exported(model)
-    predictor = MCDropoutPredictor(network)
+    predictor, density = MCDropoutPredictor(network), load_density(model)
     raw = [a.astype(np.float32) for a in pixel_arrays(make_payloads())]
     images = preprocess_images((raw * (batch // len(raw) + 1))[:batch], card.model.preprocessing)
-    predictor.sample(images, samples, seed=0)  # warm-up
+    predictor.warm_up(card.input_shape)
     done, start, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
-        predictor.sample(images, samples, seed=done)
+        streams = [(done, i) for i in range(batch)]
+        _, embeddings = predictor.sample_each(images, [samples] * batch, streams)
+        if density is not None:
+            density.log_density(embeddings)
         done += batch
     wall = time.perf_counter() - start
     return done / wall, (time.process_time() - cpu) / wall

@@ -5,7 +5,10 @@ The model is split at its first Dropout layer:
     prefix = frozen base + head layers before the first Dropout   (runs on B images)
     suffix = the first Dropout and everything after it            (runs on B*T rows)
 
-The prefix output is repeated T times and only the suffix is sampled. Every
+The prefix runs as one compiled Keras model (`predict_on_batch`: a traced
+graph, about 1.3x faster than layer-by-layer eager calls at batch 16 and 2x at
+batch 1 on the CPU). The prefix output is repeated T times and only the suffix
+is sampled. Every
 layer is called with `training=False` (BatchNormalization uses its moving
 statistics and never updates them); dropout is applied by multiplying with
 masks drawn here. Each image draws its masks from its own random stream, so
@@ -67,8 +70,7 @@ class MCDropoutPredictor:
         self.batch_size = batch_size
         layers = list(get_head(model).layers)
         split = _split_index(layers)
-        self._base = get_base(model)
-        self._prefix = layers[:split]
+        self._extractor = _extractor(get_base(model), layers[:split])
         self._suffix = layers[split:]
 
     @property
@@ -84,26 +86,27 @@ class MCDropoutPredictor:
         """
         embeddings, hidden = [], []
         for start in range(0, len(images), self.batch_size):
-            x = self._base(images[start : start + self.batch_size], training=False)
-            embeddings.append(pool(ops.convert_to_numpy(x)))
-            for layer in self._prefix:
-                x = layer(x, training=False)
-            hidden.append(ops.convert_to_numpy(x))
+            maps, x = self._extractor.predict_on_batch(images[start : start + self.batch_size])
+            embeddings.append(pool(maps))  # (b, D)
+            hidden.append(x)  # (b, ...)
         return np.concatenate(embeddings, axis=0), np.concatenate(hidden, axis=0)
+
+    def warm_up(self, input_shape: tuple[int, ...]) -> None:
+        """Trace the compiled prefix for any batch size, so no request pays for it.
+
+        Two calls of different sizes: TensorFlow then retraces once with the
+        batch dimension left open (`reduce_retracing`), and never again.
+        """
+        for batch in (1, 2):
+            self.forward(np.zeros((batch, *input_shape), dtype="float32"))
 
     def features(self, images: np.ndarray) -> np.ndarray:
         """The input of the first Dropout (B, ...): base + head layers before it."""
         return self.forward(images)[1]
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """Deterministic probabilities (B, C): dropout off, identical to `model(x)`."""
-        chunks = [
-            ops.convert_to_numpy(
-                self.model(images[start : start + self.batch_size], training=False)
-            )
-            for start in range(0, len(images), self.batch_size)
-        ]
-        return np.concatenate(chunks, axis=0)
+        """Deterministic probabilities (B, C): dropout off, equal to `model(x)` (float error)."""
+        return self.predict_from_features(self.features(images))
 
     def sample(
         self,
@@ -188,6 +191,23 @@ class MCDropoutPredictor:
         return ops.convert_to_numpy(tensor)
 
 
+def _extractor(base: keras.Model, prefix: Sequence[keras.layers.Layer]) -> keras.Model:
+    """One model: image -> (base feature maps, input of the first Dropout).
+
+    It shares the layers (and weights) of the served model. XLA is off: it
+    compiles once per batch size, and adaptive batching makes many sizes (on
+    the CPU it was also slower: 72 vs 90 images/s at batch 16).
+    """
+    inputs = keras.Input(shape=tuple(base.input.shape[1:]))
+    maps = base(inputs, training=False)
+    hidden = maps
+    for layer in prefix:
+        hidden = layer(hidden, training=False)
+    extractor = keras.Model(inputs, [maps, hidden])
+    extractor.jit_compile = False
+    return extractor
+
+
 def _dropout_masks(
     rngs: Sequence[np.random.Generator], samples: int, shape: tuple[int, ...], rate: float
 ) -> np.ndarray:
@@ -206,7 +226,7 @@ def naive_mc_samples(model: keras.Model, images: np.ndarray, samples: int) -> np
     base, head = get_base(model), get_head(model)
     passes = []
     for _ in range(samples):
-        x = base(images, training=False)
+        x = ops.convert_to_tensor(base.predict_on_batch(images))  # compiled, as in the predictor
         for layer in head.layers:
             x = layer(x, training=isinstance(layer, keras.layers.Dropout))
         passes.append(ops.convert_to_numpy(x))

@@ -77,7 +77,8 @@ class ModelService:
 
     @bentoml.on_startup
     def warm_up(self) -> None:
-        """One prediction before the service reports ready (builds the graph, allocates)."""
+        """Trace the model for any batch size and predict once, before the service is ready."""
+        self.predictor.warm_up(self.card.input_shape)
         image = np.zeros((1, *self.card.input_shape), dtype=np.float32)
         self.sample(jobs.pack(image, seed=0, samples=2))
 

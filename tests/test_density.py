@@ -7,6 +7,7 @@ import pytest
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 from sklearn.covariance import LedoitWolf
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from models.density import FeatureDensity, pool
 
@@ -61,3 +62,15 @@ def test_bad_jitter_is_rejected():
 def test_pool_averages_the_spatial_axes():
     maps = np.arange(2 * 2 * 2 * 3, dtype=float).reshape(2, 2, 2, 3)
     np.testing.assert_allclose(pool(maps), maps.mean(axis=(1, 2)))
+
+
+def test_log_density_leaves_the_blas_thread_count_as_it_was():
+    """BLAS runs single-threaded inside the call only (see `log_density`)."""
+    features, labels = _data()
+    density = FeatureDensity.fit(features, labels)
+    before = [pool["num_threads"] for pool in threadpool_info()]
+    with threadpool_limits(limits=2, user_api="blas"):
+        limited = [pool["num_threads"] for pool in threadpool_info()]
+        density.log_density(features)
+        assert [pool["num_threads"] for pool in threadpool_info()] == limited
+    assert [pool["num_threads"] for pool in threadpool_info()] == before

@@ -131,3 +131,22 @@ def test_sample_each_gives_each_image_its_own_count(model, images):
     for i, count in enumerate(counts):  # the same as asking for that image alone
         alone = predictor.sample(images[i : i + 1], count, image_seeds=[seeds[i]])[0]
         np.testing.assert_allclose(draws[i], alone, atol=1e-5)
+
+
+def test_predict_equals_the_keras_model_in_inference_mode(images):
+    """The compiled prefix plus the suffix give `model(x, training=False)`, BN included."""
+    model = tiny_model()
+    randomize_bn_statistics(model)
+    expected = keras.ops.convert_to_numpy(model(images, training=False))
+    np.testing.assert_allclose(MCDropoutPredictor(model).predict(images), expected, atol=1e-5)
+
+
+def test_after_warm_up_no_batch_size_traces_the_graph_again(model, images):
+    predictor = MCDropoutPredictor(model)
+    predictor.warm_up(tuple(images.shape[1:]))
+    compiled = predictor._extractor.predict_function
+    traced = compiled.experimental_get_tracing_count()
+    for batch in (3, 5, 6):
+        predictor.forward(images[:batch])
+    assert predictor._extractor.predict_function is compiled
+    assert compiled.experimental_get_tracing_count() == traced
