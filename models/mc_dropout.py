@@ -7,13 +7,12 @@ The model is split at its first Dropout layer:
 
 The prefix runs as one compiled Keras model (`predict_on_batch`: a traced
 graph; on the CPU, at 64x64, 1.3x faster than layer-by-layer eager calls at
-batch 16 and 2x at batch 1). The prefix output is repeated T times and only the suffix
-is sampled. Every
-layer is called with `training=False` (BatchNormalization uses its moving
-statistics and never updates them); dropout is applied by multiplying with
-masks drawn here. Each image draws its masks from its own random stream, so
-an image's samples never depend on the other images in its batch, and a seed
-makes a call reproducible.
+batch 16 and 2x at batch 1). Its output is repeated T times and only the
+suffix is sampled. Every layer is called with `training=False`
+(BatchNormalization uses its moving statistics and never updates them);
+dropout is applied by multiplying with masks drawn here. Each image draws its
+masks from its own random stream, so an image's samples never depend on the
+other images in its batch, and a seed makes a call reproducible.
 
 The model is never called in training mode: in Keras 3 that would also put
 BatchNormalization on batch statistics and overwrite its moving averages.
