@@ -204,6 +204,14 @@ def _extractor(base: keras.Model, prefix: Sequence[keras.layers.Layer]) -> keras
         hidden = layer(hidden, training=False)
     extractor = keras.Model(inputs, [maps, hidden])
     extractor.jit_compile = False
+    strategy = getattr(extractor, "distribute_strategy", None)  # TensorFlow backend
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        # Keras would run every replica on the whole batch and return them all.
+        raise ValueError(
+            "Invalid context for `MCDropoutPredictor`: expected no tf.distribute scope, "
+            f"received one with {strategy.num_replicas_in_sync} replicas; build the "
+            "predictor after `with strategy.scope():` (the model may come from inside one)"
+        )
     return extractor
 
 

@@ -22,6 +22,10 @@ weights and the test predictions, each within TOLERANCE (max abs difference).
   cannot matter.
 
 Measured on a 2-core CPU: differences below 3e-7 (float summation order).
+
+The same subprocess checks `MCDropoutPredictor` on a model built under the
+strategy: built afterwards it predicts like the model; built inside the scope
+it refuses (Keras would run each replica on the whole batch).
 """
 
 from __future__ import annotations
@@ -130,18 +134,31 @@ def test_bad_strategy_flag_exits_2(capsys):
     assert "--strategy" in capsys.readouterr().err
 
 
-def test_mirrored_on_two_logical_cpus_matches_one_device():
+@pytest.fixture(scope="module")
+def mirrored_report() -> dict[str, Any]:
+    """The subprocess's JSON report (it runs once for the tests below)."""
     done = subprocess.run(
         [sys.executable, "-m", "tests.test_distribute"],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    for path, result in report.items():
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_mirrored_on_two_logical_cpus_matches_one_device(mirrored_report):
+    for path in PATHS:
+        result = mirrored_report[path]
         assert result["replicas"] == 2, path
         assert result["mirrored_loss"][-1] < result["mirrored_loss"][0], path  # it trains
         for figure, limit in TOLERANCE.items():
             assert result[f"max_diff_{figure}"] <= limit, (path, figure, result)
+
+
+def test_predictor_of_a_mirrored_model(mirrored_report):
+    """Built after the scope it predicts like the model; built inside it, it refuses."""
+    result = mirrored_report["predictor"]
+    assert result["outside_max_diff"] <= 1e-5, result
+    assert "expected no tf.distribute scope" in result["inside_error"], result
 
 
 # ---- run in the subprocess -------------------------------------------------
@@ -203,11 +220,35 @@ def _compare(path: str, splits: Any, devices: list[str]) -> dict[str, Any]:
     }
 
 
+def _predictor_check(devices: list[str]) -> dict[str, Any]:
+    """MCDropoutPredictor on a model built under MirroredStrategy, outside and inside it."""
+    import numpy as np
+
+    from models.mc_dropout import MCDropoutPredictor
+    from tests.conftest import tiny_model
+
+    strategy = make_strategy("mirrored", devices)
+    with strategy.scope():
+        model = tiny_model()
+    x = np.random.default_rng(0).normal(0.0, 50.0, (5, 32, 32, 3)).astype("float32")
+    expected = np.asarray(model(x, training=False))
+    outside = float(np.abs(MCDropoutPredictor(model).predict(x) - expected).max())
+    try:
+        with strategy.scope():
+            MCDropoutPredictor(model)
+        error = ""
+    except ValueError as refused:
+        error = str(refused)
+    return {"outside_max_diff": outside, "inside_error": error}
+
+
 def main() -> None:
-    """Print one JSON line: the differences on the cached-feature and the image path."""
+    """Print one JSON line: the differences on the cached-feature and the image path,
+    and the predictor check."""
     devices = _two_logical_cpus()
     splits = _digit_splits()
     report = {path: _compare(path, splits, devices) for path in PATHS}
+    report["predictor"] = _predictor_check(devices)
     print(json.dumps(report))
 
 
