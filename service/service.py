@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse
 
 from models.card import CARD_KEY, DENSITY_FILE, MODEL_FILE, ModelCard
 from models.fingerprint import weights_digest
-from models.preprocessing import preprocess_images
+from models.preprocessing import Preprocessor
 from service import jobs
 from service.decoding import BadInput, check_array, decode_image
 from service.errors import ValidationErrors
@@ -131,11 +131,12 @@ class ApiService:
         self.tag = str(self.bento_model.tag)
         self.card: ModelCard = load_card(self.bento_model.info.metadata.get(CARD_KEY), self.tag)
         self.settings = SETTINGS
+        self.preprocess = Preprocessor(self.card.model.preprocessing)  # compiled
 
     @bentoml.on_startup
     def warm_up(self) -> None:
-        """Run preprocessing once so the first request does not pay for it."""
-        preprocess_images(np.zeros((1, 8, 8), np.float32), self.card.model.preprocessing)
+        """Trace preprocessing for any image, so the first request does not pay for it."""
+        self.preprocess.warm_up()
 
     def _prepare(
         self, images: np.ndarray | list[np.ndarray], samples: int | None, seed: int | None
@@ -145,7 +146,7 @@ class ApiService:
         if samples > SETTINGS.max_samples:
             raise BadInput(f"samples: {samples} exceeds the limit of {SETTINGS.max_samples}")
         seed = int(np.random.default_rng().integers(SEED_MAX)) if seed is None else seed
-        x = preprocess_images(images, self.card.model.preprocessing)  # (n, H, W, 3)
+        x = self.preprocess(images)  # (n, H, W, 3)
         return jobs.pack(x, seed, samples), samples, seed
 
     async def _sample(self, rows: np.ndarray) -> np.ndarray:

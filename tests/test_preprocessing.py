@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from models.config import PreprocessingConfig
-from models.preprocessing import preprocess_images
+from models.preprocessing import Preprocessor, preprocess_images
 
 CONFIG = PreprocessingConfig(image_size=(32, 32))
 
@@ -78,10 +78,47 @@ def test_a_list_keeps_its_order_when_sizes_repeat():
         np.testing.assert_allclose(out[i], preprocess_images(image[None], CONFIG)[0], atol=1e-5)
 
 
-def test_bad_inputs_are_rejected():
-    with pytest.raises(ValueError, match="channels"):
-        preprocess_images(np.zeros((1, 8, 8, 2), "float32"), CONFIG)
-    with pytest.raises(ValueError, match="shape"):
-        preprocess_images(np.zeros((8, 8), "float32"), CONFIG)
+@pytest.mark.parametrize("preprocess", [preprocess_images, Preprocessor(CONFIG)])
+def test_bad_inputs_are_rejected(preprocess):
+    run = preprocess if isinstance(preprocess, Preprocessor) else lambda x: preprocess(x, CONFIG)
+    with pytest.raises(ValueError, match="expected 1, 3 or 4 channels, received channels=2"):
+        run(np.zeros((1, 8, 8, 2), "float32"))
+    with pytest.raises(ValueError, match=r"received shape=\(8, 8\)"):
+        run(np.zeros((8, 8), "float32"))
     with pytest.raises(ValueError, match="at least one image"):
-        preprocess_images([], CONFIG)
+        run([])
+
+
+def _mixed_images() -> list[np.ndarray]:
+    """Grayscale with and without a channel axis, RGB, RGBA, uint8, several sizes."""
+    rng = np.random.default_rng(7)
+    alpha = rng.integers(0, 256, (12, 9, 1))
+    return [
+        _rgb(0, 10)[0][..., 0],
+        _rgb(1, 33)[0][..., :1],
+        _rgb(2, 50)[0],
+        np.concatenate([_rgb(3, 12)[0][:, :9], alpha], axis=-1).astype("float32"),
+        _rgb(4, 10)[0].astype("uint8"),
+        _rgb(5, 10)[0][..., 0],
+    ]
+
+
+def test_the_compiled_preprocessor_equals_the_eager_function():
+    preprocessor, images = Preprocessor(CONFIG), _mixed_images()
+    np.testing.assert_allclose(preprocessor(images), preprocess_images(images, CONFIG), atol=1e-3)
+    batch = _rgb(6, 20)
+    np.testing.assert_allclose(preprocessor(batch), preprocess_images(batch, CONFIG), atol=1e-3)
+
+
+@pytest.mark.parametrize("channels", [None, 1, 3, 4])
+def test_after_warm_up_no_size_traces_the_graph_again(channels):
+    preprocessor = Preprocessor(CONFIG)
+    preprocessor.warm_up()
+    graph = preprocessor._graphs[channels or 1]
+    compiled = graph.predict_function
+    traced = compiled.experimental_get_tracing_count()
+    for batch, size in ((3, 10), (1, 40), (5, 7)):
+        shape = (batch, size, size + 1) + ((channels,) if channels else ())
+        preprocessor(np.zeros(shape, "uint8"))
+    assert graph.predict_function is compiled
+    assert compiled.experimental_get_tracing_count() == traced
