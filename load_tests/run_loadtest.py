@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import random
@@ -23,6 +24,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from deploy.container import bento as bentos  # (importable when run as a script, too)
@@ -138,25 +140,37 @@ def inprocess_throughput(
 ) -> tuple[float, float]:
     """(images/s, cores used) of the same model in this process, MC at T.
 
-    The model service's work per batch: the samples (one stream per image)
-    and the density score. Decode-free: preprocessed digits in batches of `batch`.
+    The whole answer's work, as a user calling `models/` directly would do
+    it: decode the PNG files, preprocess (compiled, as the API service does),
+    sample with one stream per image, score the density, and compute the
+    uncertainty figures. Only HTTP, JSON and batching across requests are left
+    out. Batches of `batch` of the Locust payloads.
     """
-    from load_tests.payloads import make_payloads, pixel_arrays
+    from load_tests.payloads import make_payloads
+    from models import uncertainty
     from models.mc_dropout import MCDropoutPredictor
-    from models.preprocessing import preprocess_images
+    from models.preprocessing import Preprocessor
     from training.export import load_density, load_exported
 
     network, card = load_exported(model)
     predictor, density = MCDropoutPredictor(network), load_density(model)
-    raw = [a.astype(np.float32) for a in pixel_arrays(make_payloads())]
-    images = preprocess_images((raw * (batch // len(raw) + 1))[:batch], card.model.preprocessing)
+    preprocess = Preprocessor(card.model.preprocessing)
+    blobs = [p.read_bytes() for p in make_payloads()]
+    blobs = (blobs * (batch // len(blobs) + 1))[:batch]
     predictor.warm_up(card.input_shape)
+    preprocess.warm_up()
     done, start, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
-        streams = [(done, i) for i in range(batch)]
-        _, embeddings = predictor.sample_each(images, [samples] * batch, streams)
+        images = preprocess([np.asarray(Image.open(io.BytesIO(blob))) for blob in blobs])
+        draws, embeddings = predictor.sample_each(images, [samples] * batch,
+                                                  [(done, i) for i in range(batch)])  # fmt: skip
         if density is not None:
             density.log_density(embeddings)
+        stacked = np.stack(draws)  # (B, T, C)
+        for figure in (uncertainty.mean_probabilities, uncertainty.variance,
+                       uncertainty.predictive_entropy, uncertainty.expected_entropy,
+                       uncertainty.mutual_information):  # fmt: skip
+            figure(stacked)
         done += batch
     wall = time.perf_counter() - start
     return done / wall, (time.process_time() - cpu) / wall
