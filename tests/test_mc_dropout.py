@@ -150,3 +150,24 @@ def test_after_warm_up_no_batch_size_traces_the_graph_again(model, images):
         predictor.forward(images[:batch])
     assert predictor._extractor.predict_function is compiled
     assert compiled.experimental_get_tracing_count() == traced
+
+
+def test_a_bfloat16_base_stays_close_to_float32_and_leaves_the_model_alone(model, images):
+    weights = [w.copy() for w in model.get_weights()]
+    exact, low = MCDropoutPredictor(model), MCDropoutPredictor(model, base_dtype="bfloat16")
+    embeddings, hidden = low.forward(images)
+    assert embeddings.dtype == hidden.dtype == np.float32
+    reference, _ = exact.forward(images)
+    scale = np.abs(reference).max()
+    assert 0.0 < np.abs(embeddings - reference).max() <= 0.05 * scale  # rounded, not garbage
+    np.testing.assert_allclose(low.predict(images), exact.predict(images), atol=0.05)
+    samples = low.sample(images, samples=5, seed=0)
+    np.testing.assert_allclose(samples.sum(axis=-1), 1.0, atol=1e-5)
+    for before, after in zip(weights, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(before, after)
+    assert keras.ops.convert_to_numpy(model(images)).dtype == np.float32
+
+
+def test_invalid_base_dtype_is_rejected(model):
+    with pytest.raises(ValueError, match=r"expected one of .*received base_dtype='int8'"):
+        MCDropoutPredictor(model, base_dtype="int8")
