@@ -7,6 +7,11 @@ inference mode), for each T and batch size. Times are the best of
 `--naive-passes` of them and scaled to T (its cost is linear in T).
 
     python load_tests/bench.py --size 150 --samples 10 30 100 --batches 1 16 64
+    python load_tests/bench.py --base-dtypes float32 bfloat16   # mixed-precision base too
+
+Each base dtype after the first also reports how far its deterministic
+probabilities are from the first's on the same images. The naive reference
+is always the model as trained (float32): the chapter's loop.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ def bench_batch(
         passes = min(t, naive_passes)
         naive = best_time(lambda p=passes: naive_mc_samples(predictor.model, x, p), 1) * t / passes
         rows.append({
-            "batch": len(x), "samples": t,
+            "base_dtype": predictor.base_dtype, "batch": len(x), "samples": t,
             "deterministic_images_per_s": len(x) / deterministic,
             "mc_images_per_s": len(x) / mc,
             "naive_images_per_s": len(x) / naive,
@@ -62,16 +67,28 @@ def bench_batch(
     return rows
 
 
+def bench_dtype(
+    predictor: MCDropoutPredictor, inputs: list[np.ndarray], args: argparse.Namespace
+) -> list[dict[str, float]]:
+    """Every batch size and T for one predictor; prints each batch's table as it goes."""
+    rows = []
+    for x in inputs:
+        rows.extend(bench_batch(predictor, x, args.samples, args.repeats, args.naive_passes))
+        print(format_rows(rows[-len(args.samples) :]), flush=True)
+    return rows
+
+
 def format_rows(rows: list[dict[str, float]]) -> str:
     """A Markdown table of the results."""
     lines = [
-        "| batch | T | deterministic img/s | MC img/s | naive img/s "
+        "| base | batch | T | deterministic img/s | MC img/s | naive img/s "
         "| MC / det. time | naive / MC time |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
-            f"| {r['batch']} | {r['samples']} | {r['deterministic_images_per_s']:.2f} | "
+            f"| {r['base_dtype']} | {r['batch']} | {r['samples']} | "
+            f"{r['deterministic_images_per_s']:.2f} | "
             f"{r['mc_images_per_s']:.2f} | {r['naive_images_per_s']:.3f} | "
             f"{r['mc_over_deterministic']:.3f} | {r['naive_over_mc']:.1f} |"
         )
@@ -83,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=150, help="input height and width")
     parser.add_argument("--samples", type=int, nargs="+", default=[10, 30, 100])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--base-dtypes", nargs="+", default=["float32"],
+                        help="what the base computes in; the first is the reference")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--naive-passes", type=int, default=3)
     parser.add_argument("--base-weights", default=os.environ.get("UQSERVE_BASE_WEIGHTS", "none"))
@@ -91,19 +110,25 @@ def main(argv: list[str] | None = None) -> int:
     config = ModelConfig(
         num_classes=10, preprocessing=PreprocessingConfig(image_size=(args.size, args.size))
     )
-    predictor = MCDropoutPredictor(build_model(config, args.base_weights), max(args.batches))
-    predictor.warm_up(config.input_shape)  # the graph the service runs, for any batch size
+    model = build_model(config, args.base_weights)
     rng = np.random.default_rng(0)
-    rows = []
-    for batch in args.batches:
-        x = rng.normal(0.0, 60.0, (batch, args.size, args.size, 3)).astype(np.float32)
-        rows.extend(bench_batch(predictor, x, args.samples, args.repeats, args.naive_passes))
-        print(format_rows(rows[-len(args.samples) :]), flush=True)
+    inputs = [rng.normal(0.0, 60.0, (b, args.size, args.size, 3)).astype(np.float32)
+              for b in args.batches]  # fmt: skip
+    rows, deviations, reference = [], {}, None
+    for dtype in args.base_dtypes:
+        predictor = MCDropoutPredictor(model, max(args.batches), base_dtype=dtype)
+        predictor.warm_up(config.input_shape)  # the graph the service runs, for any batch size
+        answer = predictor.predict(inputs[-1])  # (B, C)
+        reference = answer if reference is None else reference
+        deviations[dtype] = float(np.abs(answer - reference).max())
+        rows.extend(bench_dtype(predictor, inputs, args))
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or 'cpu'}"
-    result = {"size": args.size, "machine": machine, "rows": rows}
+    result = {"size": args.size, "machine": machine, "rows": rows,
+              "max_abs_diff_vs_first_dtype": deviations}  # fmt: skip
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2))
     print(f"\n{args.size}x{args.size}, {machine}\n\n{format_rows(rows)}")
+    print(f"\nmax |probability difference| vs {args.base_dtypes[0]}: {deviations}")
     return 0
 
 

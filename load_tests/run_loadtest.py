@@ -60,9 +60,9 @@ def free_port() -> int:
     raise RuntimeError("no free port between 20000 and 31999")
 
 
-def serve(bento: str, model: str, port: int, log: Path) -> subprocess.Popen:
+def serve(bento: str, model: str, port: int, log: Path, base_dtype: str) -> subprocess.Popen:
     """`bentoml serve <bento>` in its own process group."""
-    env = {**os.environ, "UQSERVE_MODEL": model}
+    env = {**os.environ, "UQSERVE_MODEL": model, "UQSERVE_BASE_DTYPE": base_dtype}
     command = [str(BIN / "bentoml"), "serve", bento, "--port", str(port), "--host", "127.0.0.1"]
     with open(log, "w") as handle:
         return subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT,
@@ -136,7 +136,7 @@ def served_throughput(output: Path, seconds: float) -> dict[str, float]:
 
 
 def inprocess_throughput(
-    model: str, samples: int, batch: int, seconds: float
+    model: str, samples: int, batch: int, seconds: float, base_dtype: str
 ) -> tuple[float, float]:
     """(images/s, cores used) of the same model in this process, MC at T.
 
@@ -153,7 +153,8 @@ def inprocess_throughput(
     from training.export import load_density, load_exported
 
     network, card = load_exported(model)
-    predictor, density = MCDropoutPredictor(network), load_density(model)
+    predictor = MCDropoutPredictor(network, base_dtype=base_dtype)
+    density = load_density(model)
     preprocess = Preprocessor(card.model.preprocessing)
     blobs = [p.read_bytes() for p in make_payloads()]
     blobs = (blobs * (batch // len(blobs) + 1))[:batch]
@@ -210,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=16)
     parser.add_argument("--spawn-rate", type=float, default=4.0)
     parser.add_argument("--duration", default="60s", help="Locust run time, e.g. 60s, 2m")
+    dtype = os.environ.get("UQSERVE_BASE_DTYPE", "float32")
+    parser.add_argument("--base-dtype", default=dtype, help="float32, bfloat16 or float16")
     parser.add_argument("--inprocess-seconds", type=float, default=20.0, help="0: skip")
     parser.add_argument("--output", type=Path, default=ROOT / "reports" / "loadtest")
     args = parser.parse_args(argv)
@@ -217,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     bento = args.bento or build_bento(args.model)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    process = serve(bento, args.model, port, args.output / "service.log")
+    process = serve(bento, args.model, port, args.output / "service.log", args.base_dtype)
     try:
         wait_ready(url, process, args.output / "service.log")
         digest_before = weights_digest(url)
@@ -230,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         procs.stop_service(process)
     summary = {"bento": bento, "model": args.model, "users": args.users, "duration": args.duration,
+               "base_dtype": args.base_dtype,
                "samples": 30, "served": served_throughput(args.output, seconds_of(args.duration)),
                "adaptive_batches": batches, "cpu_cores": cores,
                "weights": {"sha256_before": digest_before["sha256"],
@@ -238,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                            == digest_after["loaded_sha256"]}}  # fmt: skip
     if args.inprocess_seconds > 0:
         inprocess, inprocess_cores = inprocess_throughput(
-            args.model, 30, 16, args.inprocess_seconds
+            args.model, 30, 16, args.inprocess_seconds, args.base_dtype
         )
         served = summary["served"]["images_per_s"]
         summary["inprocess_images_per_s"], summary["inprocess_cpu_cores"] = (

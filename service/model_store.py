@@ -97,7 +97,7 @@ def enable_memory_growth() -> list[str]:
     return [gpu.name for gpu in gpus]
 
 
-def load_predictor(path: str, tag: str) -> MCDropoutPredictor:
+def load_predictor(path: str, tag: str, base_dtype: str = "float32") -> MCDropoutPredictor:
     """The Keras model in safe mode (no code runs from the file), wrapped for MC dropout.
 
     Safe mode refuses a file that would run code on load (a Lambda layer's
@@ -110,4 +110,4 @@ def load_predictor(path: str, tag: str) -> MCDropoutPredictor:
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as error:  # Keras, h5py and zipfile raise many types
         raise ModelLoadError(f"model {tag!r}: cannot load {path} ({error}); {RETRAIN}") from None
-    return MCDropoutPredictor(model)
+    return MCDropoutPredictor(model, base_dtype=base_dtype)

@@ -71,7 +71,9 @@ class ModelService:
     def __init__(self) -> None:
         tag = str(self.bento_model.tag)
         self.card: ModelCard = load_card(self.bento_model.info.metadata.get(CARD_KEY), tag)
-        self.predictor = load_predictor(self.bento_model.path_of(MODEL_FILE), tag)
+        self.predictor = load_predictor(
+            self.bento_model.path_of(MODEL_FILE), tag, SETTINGS.base_dtype
+        )
         self.density = load_density(self.bento_model.path_of(DENSITY_FILE), tag)
         self.loaded_digest = weights_digest(self.predictor.model)
 

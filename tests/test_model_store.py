@@ -31,6 +31,18 @@ def test_a_good_model_loads_with_the_same_answer(saved, images):
     np.testing.assert_allclose(predictor.predict(images), expected, atol=1e-5)
 
 
+def test_the_base_dtype_setting_reaches_the_predictor(saved, images):
+    from service.settings import ServiceSettings
+
+    setting = ServiceSettings.from_env({"UQSERVE_BASE_DTYPE": "bfloat16"}).base_dtype
+    predictor = load_predictor(saved, "t:1", setting)
+    assert predictor.base_dtype == "bfloat16"
+    expected = tiny_model().predict(images, verbose=0)
+    np.testing.assert_allclose(predictor.predict(images), expected, atol=0.05)
+    with pytest.raises(ValueError, match="base_dtype"):
+        ServiceSettings.from_env({"UQSERVE_BASE_DTYPE": "int8"})
+
+
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ModelLoadError, match=r"'t:1'.*missing\.keras is missing"):
         load_predictor(str(tmp_path / "missing.keras"), "t:1")
