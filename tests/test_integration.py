@@ -19,6 +19,7 @@ from training.config import BASE_WEIGHTS_ENV
 
 WEIGHTS = os.environ.get(BASE_WEIGHTS_ENV, "")
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = [
     pytest.mark.integration,
@@ -55,3 +56,14 @@ def test_train_on_digits_with_imagenet_base_exports_an_accurate_model(tmp_path):
     table = _run(str(BIN / "uqserve"), "predict", image, "--seed", "0")
     row = table.strip().splitlines()[-1].split()
     assert row[1] == "7"
+
+    # The trained model answers the same with a bfloat16 base (UQSERVE_BASE_DTYPE).
+    precision = tmp_path / "precision"
+    _run(str(BIN / "python"), str(ROOT / "load_tests" / "precision.py"),
+         "--model", "uqserve_vgg16:latest", "--base-dtype", "bfloat16",
+         "--output", str(precision))  # fmt: skip
+    check = json.loads((precision / "bfloat16.json").read_text())
+    assert check["top1_agreement_mc"] >= 0.99
+    assert abs(check["bfloat16"]["accuracy"] - check["float32"]["accuracy"]) <= 0.01
+    assert abs(check["bfloat16"]["nll"] - check["float32"]["nll"]) <= 0.01
+    assert 0.0 < check["max_abs_diff_mc_mean"] <= 0.1

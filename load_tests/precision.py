@@ -1,0 +1,87 @@
+"""Does a lower-precision base keep an exported model's answers? (`UQSERVE_BASE_DTYPE`)
+
+The model's own test split (rebuilt from the config saved with it), answered
+twice with the same dropout masks: base in float32, then in `--base-dtype`.
+Reports the calibration figures of both, how far the probabilities move, how
+often the predicted class changes, and how far the OOD scores move. Writes
+reports/precision/<dtype>.json.
+
+    python load_tests/precision.py --model uqserve_vgg16:latest --base-dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from models.mc_dropout import MCDropoutPredictor  # noqa: E402
+from models.uncertainty import summarize  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
+from training.data import load_dataset, split_dataset  # noqa: E402
+from training.export import load_density, load_exported, resolve_tag  # noqa: E402
+from training.outputs import SplitOutputs, predictor_outputs  # noqa: E402
+
+
+def answers(tag: str, dtypes: list[str], samples: int, seed: int) -> tuple[dict, np.ndarray]:
+    """{dtype: (outputs, OOD scores)} on the test split, and its labels."""
+    (model, card), density = load_exported(tag), load_density(tag)
+    config = TrainConfig.model_validate(card.training)
+    data = load_dataset(config.data.dataset, config.preprocessing.image_size)
+    test = split_dataset(data, config.data, config.seed).test
+    result = {}
+    for dtype in dtypes:
+        predictor = MCDropoutPredictor(model, base_dtype=dtype)
+        outputs = predictor_outputs(predictor, test.images, card.model.preprocessing, samples, seed)
+        scores = None if density is None else -density.log_density(outputs.embeddings)
+        result[dtype] = (outputs, scores)
+    return result, test.labels
+
+
+def compare(exact: SplitOutputs, low: SplitOutputs) -> dict[str, float]:
+    """How far the low-precision answers are from the exact ones."""
+    mean_exact, mean_low = exact.samples.mean(axis=1), low.samples.mean(axis=1)  # (N, C)
+    return {
+        "max_abs_diff_deterministic": float(np.abs(exact.deterministic - low.deterministic).max()),
+        "max_abs_diff_mc_mean": float(np.abs(mean_exact - mean_low).max()),
+        "max_abs_diff_per_sample": float(np.abs(exact.samples - low.samples).max()),
+        "top1_agreement_deterministic": float(
+            (exact.deterministic.argmax(1) == low.deterministic.argmax(1)).mean()
+        ),
+        "top1_agreement_mc": float((mean_exact.argmax(1) == mean_low.argmax(1)).mean()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="uqserve_vgg16:latest")
+    parser.add_argument("--base-dtype", default="bfloat16")
+    parser.add_argument("--samples", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path, default=ROOT / "reports" / "precision")
+    args = parser.parse_args(argv)
+    tag = resolve_tag(args.model)
+    result, labels = answers(tag, ["float32", args.base_dtype], args.samples, args.seed)
+    (exact, exact_scores), (low, low_scores) = result["float32"], result[args.base_dtype]
+    summary = {"model": tag, "base_dtype": args.base_dtype, "samples": args.samples,
+               "images": len(labels), "float32": summarize(exact.samples, labels),
+               args.base_dtype: summarize(low.samples, labels), **compare(exact, low)}  # fmt: skip
+    if exact_scores is not None:
+        spread = float(np.ptp(exact_scores))
+        summary["max_abs_diff_ood_score_over_range"] = float(
+            np.abs(exact_scores - low_scores).max() / spread
+        )
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / f"{args.base_dtype}.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
