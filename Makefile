@@ -15,7 +15,7 @@ USERS ?= 16
 SPAWN_RATE ?= 4
 DURATION ?= 60s
 
-.PHONY: install train model serve bento container container-test loadtest bench soak test lint format clean
+.PHONY: install train model serve bento container container-test loadtest bench precision soak test lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,9 @@ bench: model ## in-process MC cost table, then served vs in-process throughput; 
 	$(BIN)/python load_tests/bench.py
 	$(BIN)/python load_tests/run_loadtest.py --model $(MODEL) --users $(USERS) \
 		--spawn-rate $(SPAWN_RATE) --duration $(DURATION) --output reports/bench/served
+
+precision: model ## does a $(BASE_DTYPE) base (default bfloat16) answer as float32 does? reports/precision/
+	$(BIN)/python load_tests/precision.py --model $(MODEL) --base-dtype $(or $(BASE_DTYPE),bfloat16)
 
 soak: model ## serve the bento, Locust for $(SOAK_DURATION), watch every process's memory; reports/soak/
 	$(BIN)/python load_tests/soak.py --model $(MODEL) --users $(SOAK_USERS) \
