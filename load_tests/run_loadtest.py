@@ -60,9 +60,13 @@ def free_port() -> int:
     raise RuntimeError("no free port between 20000 and 31999")
 
 
-def serve(bento: str, model: str, port: int, log: Path, base_dtype: str) -> subprocess.Popen:
-    """`bentoml serve <bento>` in its own process group."""
-    env = {**os.environ, "UQSERVE_MODEL": model, "UQSERVE_BASE_DTYPE": base_dtype}
+def serve(
+    bento: str, model: str, port: int, log: Path, base_dtype: str | None = None
+) -> subprocess.Popen:
+    """`bentoml serve <bento>` in its own process group (base dtype: the environment's)."""
+    env = {**os.environ, "UQSERVE_MODEL": model}
+    if base_dtype is not None:
+        env["UQSERVE_BASE_DTYPE"] = base_dtype
     command = [str(BIN / "bentoml"), "serve", bento, "--port", str(port), "--host", "127.0.0.1"]
     with open(log, "w") as handle:
         return subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT,

@@ -62,6 +62,11 @@ Seed = Annotated[StrictInt, Field(ge=0, le=SEED_MAX, description="Makes sampling
     workers=SETTINGS.workers,
     resources={"gpu": SETTINGS.gpu} if SETTINGS.gpu else {"cpu": "1"},
     traffic={"timeout": SETTINGS.request_timeout_s},
+    # The API service's client to this service would recycle its HTTP session
+    # every 100 requests or 300 s, closing it under calls in flight
+    # (bentoml/BentoML#5540). A retry mends that while serving, but not during
+    # shutdown, when this service takes no new connection. One session, kept.
+    runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9},
 )
 class ModelService:
     """The Keras model behind an adaptive batch: job rows in, OOD scores and samples out."""
@@ -154,11 +159,12 @@ class ApiService:
     async def _sample(self, rows: np.ndarray) -> np.ndarray:
         """Call the model service, retrying a dropped connection (the call is idempotent).
 
-        BentoML 1.4.40's dependency client replaces its HTTP session every 100
-        requests and closes the old one under requests still in flight, which
-        fail with `ServerDisconnectedError` or "Session is closed" (upstream
-        bentoml/BentoML#5540). The same rows give the same answer, so a retry
-        on the fresh session is safe.
+        A kept-alive connection can be closed by the model service just as a
+        call is sent on it (`ServerDisconnectedError`), and BentoML 1.4.40's
+        client, left to its defaults, closes its session under calls in flight
+        ("Session is closed", bentoml/BentoML#5540; `ModelService` turns that
+        recycling off). The same rows give the same answer, so a retry on a
+        fresh connection is safe.
         """
         for _ in range(MODEL_CALL_ATTEMPTS - 1):
             try:
