@@ -38,8 +38,10 @@ class FeatureDensity:
     log_priors: np.ndarray  # (C,)
 
     @classmethod
-    def fit(cls, features: np.ndarray, labels: np.ndarray, jitter: float = 1e-6) -> FeatureDensity:
-        """Fit on (N, D) features with integer labels (N,).
+    def fit(
+        cls, embeddings: np.ndarray, labels: np.ndarray, jitter: float = 1e-6
+    ) -> FeatureDensity:
+        """Fit on (N, D) embeddings (pooled base features) with integer labels (N,).
 
         Each class's covariance is scikit-learn's Ledoit-Wolf estimate plus
         `jitter` times the mean variance (at least `jitter`) on the diagonal,
@@ -47,7 +49,7 @@ class FeatureDensity:
         """
         if jitter <= 0.0:
             raise ValueError(f"Invalid value for `jitter`: expected > 0, received jitter={jitter}")
-        z, labels = np.asarray(features, np.float64), np.asarray(labels)
+        z, labels = np.asarray(embeddings, np.float64), np.asarray(labels)
         classes = np.unique(labels)
         means, rotations, scalings = [], [], []
         for label in classes:
@@ -61,15 +63,15 @@ class FeatureDensity:
         priors = np.array([(labels == label).mean() for label in classes])
         return cls(np.stack(means), np.stack(rotations), np.stack(scalings), np.log(priors))
 
-    def log_density(self, features: np.ndarray) -> np.ndarray:
-        """log sum_c pi_c N(z; mu_c, Sigma_c) for each row of (N, D) features -> (N,).
+    def log_density(self, embeddings: np.ndarray) -> np.ndarray:
+        """log sum_c pi_c N(z; mu_c, Sigma_c) for each row of (N, D) embeddings -> (N,).
 
         BLAS runs on one thread: the products are small, and OpenBLAS's idle
         threads spin for a while after each call, taking cores from TensorFlow
         (17 % of the model service's CPU under load, measured with perf).
         """
         with _threadpools().limit(limits=1, user_api="blas"):
-            return self._log_density(np.asarray(features, np.float64))
+            return self._log_density(np.asarray(embeddings, np.float64))
 
     def _log_density(self, z: np.ndarray) -> np.ndarray:
         dim = z.shape[1]

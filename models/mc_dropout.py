@@ -114,13 +114,13 @@ class MCDropoutPredictor:
         for batch in (1, 2):
             self.forward(np.zeros((batch, *input_shape), dtype="float32"))
 
-    def features(self, images: np.ndarray) -> np.ndarray:
+    def hidden(self, images: np.ndarray) -> np.ndarray:
         """The input of the first Dropout (B, ...): base + head layers before it."""
         return self.forward(images)[1]
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Deterministic probabilities (B, C): dropout off, equal to `model(x)` (float error)."""
-        return self.predict_from_features(self.features(images))
+        return self.predict_from_hidden(self.hidden(images))
 
     def sample(
         self,
@@ -139,9 +139,9 @@ class MCDropoutPredictor:
             raise ValueError(
                 f"Invalid value for `samples`: expected >= 1, received samples={samples}"
             )
-        features = self.features(images)  # (B, ...)
+        hidden = self.hidden(images)  # (B, ...)
         rngs = _image_rngs(len(images), seed, image_seeds)
-        return self.sample_from_features(features, samples, rngs)
+        return self.sample_from_hidden(hidden, samples, rngs)
 
     def sample_each(
         self, images: np.ndarray, samples: Sequence[int], image_seeds: Sequence[ImageSeed]
@@ -157,35 +157,35 @@ class MCDropoutPredictor:
                 f"Invalid value for `samples`: expected {len(images)} counts >= 1, "
                 f"received {list(samples)}"
             )
-        embeddings, features = self.forward(images)  # (B, D), (B, ...)
+        embeddings, hidden = self.forward(images)  # (B, D), (B, ...)
         rngs = _image_rngs(len(images), None, image_seeds)
         out: list[np.ndarray] = [np.empty(0)] * len(images)
         for count in sorted(set(samples)):
             members = [i for i, s in enumerate(samples) if s == count]
-            draws = self.sample_from_features(features[members], count, [rngs[i] for i in members])
+            draws = self.sample_from_hidden(hidden[members], count, [rngs[i] for i in members])
             for position, i in enumerate(members):
                 out[i] = draws[position]  # (T_i, C)
         return out, embeddings
 
-    def sample_from_features(
-        self, features: np.ndarray, samples: int, rngs: Sequence[np.random.Generator]
+    def sample_from_hidden(
+        self, hidden: np.ndarray, samples: int, rngs: Sequence[np.random.Generator]
     ) -> np.ndarray:
-        """Run the stochastic suffix on T copies of each image's features -> (B, T, C)."""
-        batch = features.shape[0]
+        """Run the stochastic suffix on T copies of each image's `hidden` rows -> (B, T, C)."""
+        batch = hidden.shape[0]
         chunk = max(1, self.batch_size * 8 // samples)
         out = []
         for start in range(0, batch, chunk):
-            part = features[start : start + chunk]  # (b, ...)
+            part = hidden[start : start + chunk]  # (b, ...)
             repeated = np.repeat(part, samples, axis=0)  # (b*T, ...), image-major
             probs = self._run_suffix(repeated, samples, rngs[start : start + chunk])
             out.append(probs.reshape(len(part), samples, -1))  # (b, T, C)
         return np.concatenate(out, axis=0)
 
-    def predict_from_features(self, features: np.ndarray) -> np.ndarray:
-        """Deterministic probabilities (B, C) from `features` output: dropout off."""
+    def predict_from_hidden(self, hidden: np.ndarray) -> np.ndarray:
+        """Deterministic probabilities (B, C) from `hidden` rows: dropout off."""
         chunks = [
-            self._run_suffix(features[start : start + self.batch_size], 1, None)
-            for start in range(0, len(features), self.batch_size)
+            self._run_suffix(hidden[start : start + self.batch_size], 1, None)
+            for start in range(0, len(hidden), self.batch_size)
         ]
         return np.concatenate(chunks, axis=0)
 

@@ -117,7 +117,7 @@ def test_forward_gives_embeddings_and_the_deterministic_answer(model, images):
     embeddings, hidden = predictor.forward(images)
     assert embeddings.shape == (len(images), 512)
     np.testing.assert_allclose(
-        predictor.predict_from_features(hidden), predictor.predict(images), atol=1e-5
+        predictor.predict_from_hidden(hidden), predictor.predict(images), atol=1e-5
     )
 
 

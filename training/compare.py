@@ -19,12 +19,12 @@ import numpy as np
 from models.backbone import build_base
 from models.head import build_head
 from models.uncertainty import expected_calibration_error, nll
+from training.base_maps import base_maps
 from training.config import TrainConfig, deep_merge
 from training.data import load_dataset, split_dataset
-from training.features import base_features
 from training.plots import plot_experiment
 from training.report import table
-from training.train import fit_on_features
+from training.train import fit_on_base_maps
 
 GLOROT_HE = ("glorot_uniform", "he_normal")
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "selu")
@@ -73,7 +73,7 @@ def cache_features(config: TrainConfig) -> Cached:
     splits = split_dataset(data, config.data, config.seed)
     base = build_base((*config.preprocessing.image_size, 3), config.base_weights)
     parts = [
-        (base_features(base, part, config.preprocessing), part.labels)
+        (base_maps(base, part, config.preprocessing), part.labels)
         for part in (splits.train, splits.validation, splits.test)
     ]
     return Cached(*parts, classes=len(data.class_names))
@@ -84,7 +84,7 @@ def run_once(cached: Cached, config: TrainConfig) -> dict[str, Any]:
     keras.utils.set_random_seed(config.seed)
     head = build_head(cached.train[0].shape[1:], cached.classes, config.head)
     start = time.perf_counter()
-    history = fit_on_features(head, cached.train, cached.validation, config, None, verbose=0)
+    history = fit_on_base_maps(head, cached.train, cached.validation, config, None, verbose=0)
     seconds = time.perf_counter() - start
     probs = head.predict(cached.test[0], verbose=0)  # deterministic (B, C)
     val_accuracy = history.history["val_accuracy"]

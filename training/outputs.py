@@ -36,10 +36,10 @@ def predictor_outputs(
         x = preprocess_images(images[start : start + CHUNK], preprocessing)
         embedded, hidden = predictor.forward(x)  # (n, D), (n, ...)
         embeddings.append(embedded)
-        deterministic.append(predictor.predict_from_features(hidden))
+        deterministic.append(predictor.predict_from_hidden(hidden))
         if samples > 0:
             rngs = [np.random.default_rng([seed, start + i]) for i in range(len(x))]
-            draws.append(predictor.sample_from_features(hidden, samples, rngs))
+            draws.append(predictor.sample_from_hidden(hidden, samples, rngs))
     classes = deterministic[0].shape[1]
     sampled = np.concatenate(draws) if draws else np.empty((len(images), 0, classes))
     return SplitOutputs(np.concatenate(embeddings), np.concatenate(deterministic), sampled)

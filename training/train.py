@@ -15,10 +15,10 @@ import tensorflow as tf
 from models.architecture import build_model, get_base, get_head
 from models.backbone import unfreeze_top_blocks
 from models.config import ModelConfig
+from training.base_maps import base_maps, image_pipeline
 from training.config import TrainConfig
 from training.data import Splits
 from training.distribute import make_strategy, scale_for_replicas
-from training.features import base_features, image_pipeline
 from training.optimizers import build_optimizer, schedule_callbacks
 
 LOSS = "sparse_categorical_crossentropy"
@@ -87,15 +87,15 @@ def fit_head(
     if not config.cache_features:
         return _fit_on_images(model, splits, config, config.epochs, None, log_dir, verbose)
     base = get_base(model)
-    train_x = base_features(base, splits.train, config.preprocessing)
-    val_x = base_features(base, splits.validation, config.preprocessing)
-    return fit_on_features(
+    train_x = base_maps(base, splits.train, config.preprocessing)
+    val_x = base_maps(base, splits.validation, config.preprocessing)
+    return fit_on_base_maps(
         get_head(model), (train_x, splits.train.labels), (val_x, splits.validation.labels),
         config, log_dir, verbose,
     )  # fmt: skip
 
 
-def fit_on_features(
+def fit_on_base_maps(
     head: keras.Model,
     train: tuple[np.ndarray, np.ndarray],
     validation: tuple[np.ndarray, np.ndarray],

@@ -1,4 +1,4 @@
-"""Network inputs for training: cached base features, or images preprocessed on the fly."""
+"""Training inputs: the frozen base's feature maps (cached) or images preprocessed on the fly."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from models.preprocessing import preprocess_batch
 from training.data import Dataset
 
 
-def base_features(
+def base_maps(
     base: keras.Model, dataset: Dataset, preprocessing: PreprocessingConfig, batch_size: int = 64
 ) -> np.ndarray:
     """The frozen base's output for every image, computed once (feature caching).
