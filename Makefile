@@ -14,6 +14,10 @@ SOAK_USERS ?= 8
 USERS ?= 16
 SPAWN_RATE ?= 4
 DURATION ?= 60s
+BENTO ?=
+BENCH_ARGS ?=
+LOADTEST_ARGS ?=
+BENCH_OUTPUT ?= reports/bench
 
 .PHONY: install train model serve bento container container-test loadtest bench precision soak test lint format clean
 
@@ -44,21 +48,22 @@ container: model ## the bento's image <name>:<version> + :latest (Docker, else b
 container-test: $(STAMP) ## image of a tiny model run by docker/podman: /readyz, /metadata, /predict checked; IMAGE=... tests yours
 	$(BIN)/python -m deploy.container test $(if $(IMAGE),--image $(IMAGE) --model $(MODEL),--tiny)
 
-loadtest: model ## build the bento, serve it, Locust for $(DURATION) with $(USERS) users; reports/loadtest/
-	$(BIN)/python load_tests/run_loadtest.py --model $(MODEL) --users $(USERS) \
-		--spawn-rate $(SPAWN_RATE) --duration $(DURATION)
+loadtest: model ## build the bento (or BENTO=tag), serve it, Locust for $(DURATION) with $(USERS) users; reports/loadtest/
+	$(BIN)/python -m load_tests.run_loadtest --model $(MODEL) $(if $(BENTO),--bento $(BENTO)) \
+		--users $(USERS) --spawn-rate $(SPAWN_RATE) --duration $(DURATION) $(LOADTEST_ARGS)
 
-bench: model ## in-process MC cost table, then served vs in-process throughput; reports/bench/
-	$(BIN)/python load_tests/bench.py
-	$(BIN)/python load_tests/run_loadtest.py --model $(MODEL) --users $(USERS) \
-		--spawn-rate $(SPAWN_RATE) --duration $(DURATION) --output reports/bench/served
+bench: model ## in-process MC cost table (BENCH_ARGS), then served vs in-process; $(BENCH_OUTPUT)/
+	$(BIN)/python -m load_tests.bench $(BENCH_ARGS) --output $(BENCH_OUTPUT)/bench.json
+	$(BIN)/python -m load_tests.run_loadtest --model $(MODEL) $(if $(BENTO),--bento $(BENTO)) \
+		--users $(USERS) --spawn-rate $(SPAWN_RATE) --duration $(DURATION) \
+		--output $(BENCH_OUTPUT)/served $(LOADTEST_ARGS)
 
 precision: model ## does a $(BASE_DTYPE) base (default bfloat16) answer as float32 does? reports/precision/
-	$(BIN)/python load_tests/precision.py --model $(MODEL) --base-dtype $(or $(BASE_DTYPE),bfloat16)
+	$(BIN)/python -m training.precision --model $(MODEL) --base-dtype $(or $(BASE_DTYPE),bfloat16)
 
 soak: model ## serve the bento, Locust for $(SOAK_DURATION), watch every process's memory; reports/soak/
-	$(BIN)/python load_tests/soak.py --model $(MODEL) --users $(SOAK_USERS) \
-		--duration $(SOAK_DURATION)
+	$(BIN)/python -m load_tests.soak --model $(MODEL) --users $(SOAK_USERS) \
+		--duration $(SOAK_DURATION) $(if $(BENTO),--bento $(BENTO))
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -6,8 +6,8 @@ inference mode), for each T and batch size. Times are the best of
 `--repeats` calls. The naive reference costs T full passes; it is timed over
 `--naive-passes` of them and scaled to T (its cost is linear in T).
 
-    python load_tests/bench.py --size 150 --samples 10 30 100 --batches 1 16 64
-    python load_tests/bench.py --base-dtypes float32 bfloat16   # mixed-precision base too
+    python -m load_tests.bench --size 150 --samples 10 30 100 --batches 1 16 64
+    python -m load_tests.bench --base-dtypes float32 bfloat16   # mixed-precision base too
 
 Each base dtype after the first also reports how far its deterministic
 probabilities are from the first's on the same images. The naive reference
@@ -27,12 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from models.architecture import build_model  # noqa: E402
-from models.config import ModelConfig, PreprocessingConfig  # noqa: E402
-from models.mc_dropout import MCDropoutPredictor, naive_mc_samples  # noqa: E402
+from models.architecture import build_model
+from models.config import ModelConfig, PreprocessingConfig
+from models.mc_dropout import BASE_DTYPES, MCDropoutPredictor, naive_mc_samples
 
 
 def best_time(call: Callable[[], object], repeats: int) -> float:
@@ -100,12 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=150, help="input height and width")
     parser.add_argument("--samples", type=int, nargs="+", default=[10, 30, 100])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--base-dtypes", nargs="+", default=["float32"],
+    parser.add_argument("--base-dtypes", nargs="+", default=["float32"], choices=BASE_DTYPES,
                         help="what the base computes in; the first is the reference")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--naive-passes", type=int, default=3)
     parser.add_argument("--base-weights", default=os.environ.get("UQSERVE_BASE_WEIGHTS", "none"))
-    parser.add_argument("--output", type=Path, default=ROOT / "reports" / "bench" / "bench.json")
+    parser.add_argument("--output", type=Path, default=Path("reports") / "bench" / "bench.json")
     args = parser.parse_args(argv)
     config = ModelConfig(
         num_classes=10, preprocessing=PreprocessingConfig(image_size=(args.size, args.size))

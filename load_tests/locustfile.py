@@ -13,9 +13,9 @@ import json
 import random
 
 from locust import FastHttpUser, between, events, task
-from payloads import make_payloads, pixel_arrays
 
-SAMPLES = 30  # MC samples per request; run_loadtest measures in-process at the same T
+from load_tests.payloads import SAMPLES, make_payloads, pixel_arrays
+
 PATHS = make_payloads()
 FILES = [p.read_bytes() for p in PATHS]
 ARRAYS = [a.tolist() for a in pixel_arrays(PATHS)]

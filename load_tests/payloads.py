@@ -12,7 +12,10 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from adapters.images import read_image
+
 FOLDER = Path(__file__).resolve().parent / "payloads"
+SAMPLES = 30  # MC samples per load-test request; the in-process reference uses the same T
 
 
 def make_payloads(folder: Path = FOLDER, count: int = 20) -> list[Path]:
@@ -27,5 +30,5 @@ def make_payloads(folder: Path = FOLDER, count: int = 20) -> list[Path]:
 
 
 def pixel_arrays(paths: list[Path]) -> list[np.ndarray]:
-    """The images' pixels, as the service would decode them."""
-    return [np.asarray(Image.open(p)) for p in paths]
+    """The images' pixels, decoded as the service decodes them."""
+    return [read_image(p) for p in paths]

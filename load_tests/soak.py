@@ -20,7 +20,7 @@ of it still runs a minute later is killed (the API worker sometimes hangs on
 shutdown) and named in the summary. Writes under --output (reports/soak/):
 memory.csv, memory.png, summary.json, Locust's CSV and HTML, service.log.
 
-    python load_tests/soak.py --duration 10m --users 8 --interval 5
+    python -m load_tests.soak --duration 10m --users 8 --interval 5
 """
 
 from __future__ import annotations
@@ -38,17 +38,9 @@ from pathlib import Path
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from load_tests import procs  # (importable when run as a script, too)
-from load_tests.run_loadtest import (
-    build_bento,
-    free_port,
-    run_locust,
-    seconds_of,
-    serve,
-    served_throughput,
-    wait_ready,
-)
+from deploy import processes
+from deploy.container.bento import build_bento
+from load_tests.run_loadtest import run_locust, seconds_of, serve_env, served_throughput
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
@@ -73,7 +65,7 @@ def role_totals(sizes: dict[str, int]) -> dict[str, int]:
     """RSS bytes summed by role, plus 'total' (every process)."""
     totals: dict[str, int] = {}
     for key, size in sizes.items():
-        role = procs.role_of(key)
+        role = processes.role_of(key)
         totals[role] = totals.get(role, 0) + size
     totals["total"] = sum(sizes.values())
     return totals
@@ -105,7 +97,7 @@ def restarted_workers(samples: list[Sample]) -> list[str]:
     if not sets:
         return []
     changed = set.union(*sets) - set.intersection(*sets)
-    return sorted(key for key in changed if procs.role_of(key) in WORKER_ROLES)
+    return sorted(key for key in changed if processes.role_of(key) in WORKER_ROLES)
 
 
 def verdict(
@@ -181,9 +173,9 @@ def plot(samples: list[Sample], warmup_s: float, path: Path, title: str) -> None
 
 
 def rss_or_empty(pid: int) -> dict[str, int]:
-    """`procs.rss_bytes`, or {} once the service itself has gone."""
+    """`processes.rss_bytes`, or {} once the service itself has gone."""
     try:
-        return procs.rss_bytes(pid)
+        return processes.rss_bytes(pid)
     except psutil.Error:
         return {}
 
@@ -222,6 +214,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-growth", type=float, default=5.0, help="percent (default 5)")
     parser.add_argument("--output", type=Path, default=ROOT / "reports" / "soak")
     args = parser.parse_args(argv)
+    args.output = args.output.resolve()
     args.run_s = seconds_of(args.duration)
     args.warmup_s = seconds_of(args.warmup) if args.warmup else default_warmup(args.run_s)
     if args.run_s <= 0 or args.warmup_s >= args.run_s:
@@ -240,15 +233,15 @@ def serve_and_soak(
     when Locust finished, and the processes that had to be killed on shutdown
     (reported, but not a failure of the soak: the load is over by then).
     """
-    port = free_port()
+    port = processes.free_port()
     url, log = f"http://127.0.0.1:{port}", args.output / "service.log"
-    process = serve(bento, args.model, port, log)
+    process = processes.serve(bento, port, log, serve_env(args.model))
     try:
-        wait_ready(url, process, log)
+        processes.wait_served(url, process, log)
         code, samples = soak(url, process.pid, args)
         survived = process.poll() is None
     finally:
-        killed = procs.stop_service(process, SHUTDOWN_GRACE_S)
+        killed = processes.stop_service(process, SHUTDOWN_GRACE_S)
     if killed:
         print(f"soak: killed {killed} after a {SHUTDOWN_GRACE_S:.0f} s shutdown", file=sys.stderr)
     return code, samples, survived, killed
@@ -257,7 +250,7 @@ def serve_and_soak(
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     args.output.mkdir(parents=True, exist_ok=True)
-    bento = args.bento or build_bento(args.model)
+    bento = args.bento or build_bento(args.model, ROOT / "bentofile.yaml")
     code, samples, survived, killed = serve_and_soak(bento, args)
     served = served_throughput(args.output, args.run_s)
     figures = growth(samples, args.warmup_s, args.window)

@@ -1,69 +1,19 @@
-"""Uploaded bytes and JSON arrays -> pixel arrays, with every limit checked first.
+"""JSON pixel arrays -> a checked batch, every limit checked first.
 
-Errors are `BadInput` with a message that names the problem and the image;
-the API turns them into a 400.
+Uploaded files go through the one image decoder, `adapters.images`, which the
+command line uses too. Errors here are `BadInput`, there `ImageError`; both
+name the problem and the image, and the API answers both with a 400.
 """
 
 from __future__ import annotations
 
-import io
-import warnings
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
-
-FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 
 
 class BadInput(ValueError):
     """A request the service refuses, with a message for the client."""
-
-
-def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
-    """Open (header only) and check format and size before decoding any pixel."""
-    if not data:
-        raise BadInput(f"{name}: empty upload")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=FORMATS)
-    except UnidentifiedImageError:
-        raise BadInput(f"{name}: not a supported image ({', '.join(FORMATS)})") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadInput(f"{name}: too many pixels to decode safely (decompression bomb)") from None
-    except (OSError, SyntaxError, ValueError) as error:  # a header cut short, say
-        raise BadInput(f"{name}: cannot decode image ({error})") from None
-    width, height = image.size
-    if width < 1 or height < 1:
-        raise BadInput(f"{name}: image has no pixels ({width}x{height})")
-    if width * height > max_pixels:
-        raise BadInput(f"{name}: {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
-    return image
-
-
-def _pixels(image: Image.Image) -> np.ndarray:
-    """Grayscale, RGB or RGBA array in [0, 255]; other modes are converted."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        return (np.asarray(image, dtype=np.float64) / 257.0).clip(0, 255).astype(np.float32)
-    if image.mode in ("L", "RGB", "RGBA"):
-        return np.asarray(image)
-    keep_alpha = "A" in image.mode or "transparency" in image.info
-    return np.asarray(image.convert("RGBA" if keep_alpha else "RGB"))
-
-
-def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
-    """Bytes of a PNG, JPEG, BMP, GIF (first frame) or WebP file -> pixels."""
-    image = _open(data, name, max_pixels)
-    try:
-        image.seek(0)
-        image.load()
-        return _pixels(image)
-    except (OSError, SyntaxError, ValueError) as error:
-        raise BadInput(f"{name}: cannot decode image ({error})") from None
-    finally:
-        image.close()
 
 
 def check_array(values: Any, max_images: int, max_pixels: int) -> np.ndarray:

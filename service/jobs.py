@@ -8,7 +8,7 @@ along axis 0, so everything an image needs travels in its row:
 Image `index` of a request with `seed` draws its dropout masks from the stream
 (seed, index), exactly as `MCDropoutPredictor.sample(images, T, seed=seed)`
 does, so a batched answer equals the answer the request gets alone. float64
-holds seeds below 2**53 and float32 pixels exactly.
+holds every seed up to `models.answer.MAX_SEED` (2**53 - 1) and float32 pixels exactly.
 
 The answer is (N, 1 + T_max * C) float32: column 0 is the image's OOD score
 (NaN when the model has no feature density), then its (T_max, C) samples,
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import numpy as np
 
-SEED_LIMIT = 2**53
 HEADER = 3
 
 

@@ -19,32 +19,33 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import aiohttp
 import anyio
 import bentoml
 import numpy as np
 from bentoml.exceptions import ServiceUnavailable
-from pydantic import Field, StrictInt
 from starlette.responses import JSONResponse
 
-from models.card import CARD_KEY, DENSITY_FILE, MODEL_FILE, ModelCard
+from adapters.images import ImageError, decode_image
+from adapters.model_store import StoredModel, require_model
+from models.answer import build_answers, random_seed, sample_and_score
+from models.card import ModelCard
 from models.fingerprint import weights_digest
 from models.preprocessing import Preprocessor
 from service import jobs
-from service.decoding import BadInput, check_array, decode_image
+from service.decoding import BadInput, check_array
 from service.errors import ValidationErrors
 from service.limits import RequestLimits
 from service.metadata import metadata_app
 from service.metrics import observe
-from service.model_store import load_card, load_density, load_predictor, require_model
-from service.predictions import to_predictions
 from service.schemas import (
-    SEED_MAX,
     ArrayRequest,
     PixelArray,
     PredictionResponse,
+    Samples,
+    Seed,
     WeightsDigest,
 )
 from service.settings import ServiceSettings
@@ -52,9 +53,6 @@ from service.settings import ServiceSettings
 SETTINGS = ServiceSettings.from_env()
 MODEL_CALL_ATTEMPTS = 3
 require_model(SETTINGS.model)  # fail start-up (and `bentoml build`) with a clear message
-
-Samples = Annotated[StrictInt, Field(ge=1, description="Monte Carlo dropout samples.")]
-Seed = Annotated[StrictInt, Field(ge=0, le=SEED_MAX, description="Makes sampling reproducible.")]
 
 
 @bentoml.service(
@@ -74,12 +72,10 @@ class ModelService:
     bento_model = bentoml.models.BentoModel(SETTINGS.model)
 
     def __init__(self) -> None:
-        tag = str(self.bento_model.tag)
-        self.card: ModelCard = load_card(self.bento_model.info.metadata.get(CARD_KEY), tag)
-        self.predictor = load_predictor(
-            self.bento_model.path_of(MODEL_FILE), tag, SETTINGS.base_dtype
-        )
-        self.density = load_density(self.bento_model.path_of(DENSITY_FILE), tag)
+        stored = StoredModel.of(self.bento_model)
+        self.card: ModelCard = stored.card
+        self.predictor = stored.predictor(SETTINGS.base_dtype)
+        self.density = stored.density()
         self.loaded_digest = weights_digest(self.predictor.model)
 
     @bentoml.on_startup
@@ -98,11 +94,9 @@ class ModelService:
         """Sample every image of the (possibly merged) batch; see `service.jobs`."""
         images, streams, samples = jobs.unpack(rows, self.card.input_shape)
         observe.batch(len(images))
-        draws, embeddings = self.predictor.sample_each(images, samples.tolist(), streams)
-        if self.density is None:
-            scores = np.full(len(images), np.nan)
-        else:
-            scores = -self.density.log_density(embeddings)
+        draws, scores = sample_and_score(
+            self.predictor, self.density, images, samples.tolist(), streams
+        )
         return jobs.join_answer(draws, scores)
 
     @bentoml.api
@@ -113,7 +107,7 @@ class ModelService:
                              unchanged=now == self.loaded_digest)  # fmt: skip
 
 
-def _bad(error: BadInput) -> JSONResponse:
+def _bad(error: BadInput | ImageError) -> JSONResponse:
     return JSONResponse({"error": str(error)}, status_code=400)
 
 
@@ -135,8 +129,8 @@ class ApiService:
     bento_model = bentoml.models.BentoModel(SETTINGS.model)
 
     def __init__(self) -> None:
-        self.tag = str(self.bento_model.tag)
-        self.card: ModelCard = load_card(self.bento_model.info.metadata.get(CARD_KEY), self.tag)
+        stored = StoredModel.of(self.bento_model)
+        self.tag, self.card = stored.tag, stored.card
         self.settings = SETTINGS
         self.preprocess = Preprocessor(self.card.model.preprocessing)  # compiled
 
@@ -152,7 +146,7 @@ class ApiService:
         samples = samples or self.card.mc_samples
         if samples > SETTINGS.max_samples:
             raise BadInput(f"samples: {samples} exceeds the limit of {SETTINGS.max_samples}")
-        seed = int(np.random.default_rng().integers(SEED_MAX)) if seed is None else seed
+        seed = random_seed() if seed is None else seed
         x = self.preprocess(images)  # (n, H, W, 3)
         return jobs.pack(x, seed, samples), samples, seed
 
@@ -182,7 +176,7 @@ class ApiService:
         except ServiceUnavailable:  # the model service shed the request: past the budget
             return _overloaded()
         scores, draws = jobs.split_answer(answer, samples, self.card.model.num_classes)
-        predictions = to_predictions(draws, scores, self.card)  # draws: (n, T, C)
+        predictions = build_answers(draws, scores, self.card)  # draws: (n, T, C)
         observe.predictions(predictions, samples)
         return PredictionResponse(
             model=self.tag, samples=samples, seed=seed, predictions=predictions
@@ -209,7 +203,7 @@ class ApiService:
         """Image files (PNG, JPEG, BMP, GIF, WebP) as a multipart form."""
         try:
             return await self._answer(lambda: self._prepare(self._read(files), samples, seed))
-        except BadInput as error:
+        except (BadInput, ImageError) as error:
             return _bad(error)
 
     @bentoml.api(route="/predict_array", input_spec=ArrayRequest)
@@ -224,7 +218,7 @@ class ApiService:
 
         try:
             return await self._answer(prepare)
-        except BadInput as error:
+        except (BadInput, ImageError) as error:
             return _bad(error)
 
     @bentoml.api(route="/weights_digest")

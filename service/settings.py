@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from adapters.images import MAX_PIXELS
+
 ENV_PREFIX = "UQSERVE_"
 
 
@@ -29,7 +31,7 @@ class ServiceSettings(BaseModel):
     max_samples: int = Field(200, ge=1, description="Largest `samples` a request may ask for.")
     max_images: int = Field(32, ge=1, description="Most images in one request.")
     max_pixels: int = Field(
-        25_000_000, ge=1, description="Most pixels (width x height) of one image."
+        MAX_PIXELS, ge=1, description="Most pixels (width x height) of one image."
     )
     max_file_bytes: int = Field(20_000_000, ge=1, description="Largest uploaded file.")
     max_request_bytes: int = Field(

@@ -101,9 +101,9 @@ def client(tag):
 @pytest.fixture(scope="session")
 def bento(tag) -> str:
     """The CPU bento serving the tiny model, built once per test session."""
-    from load_tests.run_loadtest import build_bento
+    from deploy.container.bento import ROOT, build_bento
 
-    return build_bento(tag)
+    return build_bento(tag, ROOT / "bentofile.yaml")
 
 
 @pytest.fixture(scope="session")

@@ -9,13 +9,13 @@ import zlib
 import numpy as np
 from PIL import Image
 
+from adapters.model_store import export_model
 from models.card import ModelCard
 from models.config import HeadConfig, ModelConfig
 from models.density import FeatureDensity
 from models.mc_dropout import MCDropoutPredictor
 from models.preprocessing import preprocess_images
 from tests.conftest import TINY, randomize_bn_statistics, tiny_model
-from training.export import export_model
 
 CLASSES = ("ant", "bee", "cat", "dog")
 HEAD = HeadConfig(hidden_units=(16,), dropout_rates=(0.5,), input_dropout=0.3)

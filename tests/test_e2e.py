@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from load_tests.run_loadtest import free_port
+from deploy.processes import free_port
 from tests.service_helpers import png
 from tests.serving import BIN, ROOT
 

@@ -53,13 +53,12 @@ def test_train_on_digits_with_imagenet_base_exports_an_accurate_model(tmp_path):
     assert info["metadata"]["input_shape"] == [64, 64, 3]
 
     image = digit_png(tmp_path / "seven.png", index=7)  # sklearn's digit 7 is a "7"
-    table = _run(str(BIN / "uqserve"), "predict", image, "--seed", "0")
-    row = table.strip().splitlines()[-1].split()
-    assert row[1] == "7"
+    answer = json.loads(_run(str(BIN / "uqserve"), "predict", image, "--seed", "0", "--json"))
+    assert answer["predictions"][0]["label"] == "7"
 
     # The trained model answers the same with a bfloat16 base (UQSERVE_BASE_DTYPE).
     precision = tmp_path / "precision"
-    _run(str(BIN / "python"), str(ROOT / "load_tests" / "precision.py"),
+    _run(str(BIN / "python"), "-m", "training.precision",
          "--model", "uqserve_vgg16:latest", "--base-dtype", "bfloat16",
          "--output", str(precision))  # fmt: skip
     check = json.loads((precision / "bfloat16.json").read_text())

@@ -1,24 +1,38 @@
-"""The 15-second load test: the built bento under Locust, every answer checked."""
+"""`make bench` as a user runs it, shortened: the in-process table, then the built bento
+under Locust with every answer checked. Relative output paths, as the Makefile passes them,
+so a path resolved against the wrong folder fails here and not in a user's hands."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
-from load_tests.run_loadtest import main
+ROOT = Path(__file__).resolve().parents[1]
+STAMP = ".venv/.installed"  # the Makefile's install stamp: never reinstall from a test
 
 pytestmark = pytest.mark.e2e
 
 
-def test_fifteen_second_load_test_has_no_failed_request(tag, bento, tmp_path):
-    output = tmp_path / "loadtest"
-    code = main([
-        "--model", tag, "--bento", bento, "--users", "4", "--spawn-rate", "4", "--duration", "15s",
-        "--inprocess-seconds", "3", "--output", str(output),
-    ])  # fmt: skip
-    summary = json.loads((output / "summary.json").read_text())
-    assert code == 0, summary
+def test_make_bench_runs_on_a_short_budget_with_no_failed_request(tag, bento, tmp_path):
+    output = Path(os.path.relpath(tmp_path / "bench", ROOT))  # relative, as in the Makefile
+    command = [
+        "make", "-o", STAMP, "bench", f"MODEL={tag}", f"BENTO={bento}", f"BENCH_OUTPUT={output}",
+        "BENCH_ARGS=--size 32 --samples 2 --batches 1 2 --repeats 1 --naive-passes 1 "
+        "--base-weights none",
+        "USERS=4", "SPAWN_RATE=4", "DURATION=15s", "LOADTEST_ARGS=--inprocess-seconds 3",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    table = json.loads((ROOT / output / "bench.json").read_text())
+    assert {(r["batch"], r["samples"]) for r in table["rows"]} == {(1, 2), (2, 2)}
+
+    served = ROOT / output / "served"
+    summary = json.loads((served / "summary.json").read_text())
     assert summary["served"]["failures"] == 0
     assert summary["served"]["requests"] > 0
     assert summary["adaptive_batches"]["images"] > 0
@@ -27,4 +41,4 @@ def test_fifteen_second_load_test_has_no_failed_request(tag, bento, tmp_path):
     assert summary["inprocess_images_per_s"] > 0
     assert summary["cpu_cores"]["model"] > 0 and summary["cpu_cores"]["api"] > 0
     assert 0 < summary["inprocess_cpu_cores"] <= summary["cpu_cores"]["machine"] + 0.5
-    assert (output / "locust_stats.csv").is_file() and (output / "report.html").is_file()
+    assert (served / "locust_stats.csv").is_file() and (served / "report.html").is_file()

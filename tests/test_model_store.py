@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from service.model_store import (
+from adapters.model_store import (
     ModelLoadError,
     check_archive,
     load_card,

@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.mc_dropout import MCDropoutPredictor
+from adapters.images import decode_image
+from adapters.model_store import StoredModel
 from models.preprocessing import preprocess_images
-from service.decoding import decode_image
 from tests.conftest import bn_statistics
 from tests.service_helpers import CLASSES, encode, png
-from training.export import load_exported
 
 
 def _files(*blobs: bytes) -> list[tuple[str, tuple[str, bytes, str]]]:
@@ -43,9 +42,9 @@ def _check_response(body: dict, images: int, samples: int, tag: str) -> None:
 
 def _reference(tag: str, blob: bytes, samples: int, stream: tuple[int, int]) -> np.ndarray:
     """What the model says about one image alone, in-process: mean probabilities (C,)."""
-    model, card = load_exported(tag)
-    x = preprocess_images([decode_image(blob, "x", 10**6)], card.model.preprocessing)
-    draws = MCDropoutPredictor(model).sample(x, samples, image_seeds=[stream])  # (1, T, C)
+    stored = StoredModel.open(tag)
+    x = preprocess_images([decode_image(blob, "x")], stored.card.model.preprocessing)
+    draws = stored.predictor().sample(x, samples, image_seeds=[stream])  # (1, T, C)
     return draws.mean(axis=1)[0]
 
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from load_tests.procs import stop_service
+from deploy.processes import stop_service
 from load_tests.soak import (
     MIB,
     default_warmup,

@@ -8,13 +8,13 @@ import keras
 import numpy as np
 import pytest
 
+from adapters.model_store import ModelNotFoundError, StoredModel, export_model
 from models.architecture import get_base, get_head
 from models.backbone import BaseWeightsError, build_base
 from models.mc_dropout import MCDropoutPredictor
 from tests.conftest import bn_statistics
 from training.config import Optimizer, Schedule, TrainConfig
 from training.data import DatasetError, load_dataset, split_dataset
-from training.export import ModelNotFoundError, export_model, load_exported
 from training.pipeline import run_training
 from training.pretrain import PretrainConfig, pretrain
 from training.train import build_for, fine_tune, fit_head, train_model
@@ -156,7 +156,8 @@ def test_both_phases_are_recorded(splits):
 
 def test_export_then_load_gives_the_same_output(tmp_path):
     result = run_training(tiny_config(export=True, output_dir=tmp_path), verbose=0)
-    loaded, card = load_exported(result.tag)
+    stored = StoredModel.open(result.tag)
+    loaded, card = stored.network(), stored.card
     assert card == result.card
     x = np.random.default_rng(0).normal(0, 50, (3, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(
@@ -170,8 +171,8 @@ def test_export_then_load_gives_the_same_output(tmp_path):
 
 
 def test_missing_model_names_the_tag():
-    with pytest.raises(ModelNotFoundError, match="no_such_model"):
-        load_exported("no_such_model:latest")
+    with pytest.raises(ModelNotFoundError, match=r"'no_such_model:latest'.*uqserve train"):
+        StoredModel.open("no_such_model:latest")
 
 
 def test_export_tags_are_versioned(tmp_path):
@@ -179,7 +180,7 @@ def test_export_tags_are_versioned(tmp_path):
     card = run_training(tiny_config(output_dir=tmp_path), verbose=0).card
     first, second = export_model(model, card, "twice"), export_model(model, card, "twice")
     assert first != second
-    assert load_exported("twice:latest")[1] == card
+    assert StoredModel.open("twice:latest").card == card
 
 
 def test_pretrain_writes_weights_that_base_weights_accepts(tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from adapters.model_store import export_model, framework_versions
 from models.card import ModelCard
 from models.config import ModelConfig
 from models.density import FeatureDensity
@@ -18,7 +19,6 @@ from models.uncertainty import mutual_information, summarize
 from training.config import TrainConfig
 from training.data import Splits, load_dataset, split_dataset
 from training.distribute import is_chief, make_strategy
-from training.export import export_model, framework_versions
 from training.outputs import SplitOutputs, predictor_outputs
 from training.plots import plot_learning_curves
 from training.train import History, train_model

@@ -1,104 +1,76 @@
-"""`uqserve predict`: local prediction with uncertainty from the model store, no server."""
+"""`uqserve predict`: the service's answer for image files, computed locally, no server.
+
+Decoding (`adapters.images`), compiled preprocessing, sampling with the
+streams (seed, index), the OOD score and the answer itself
+(`models.answer`) are the very functions the service runs, so an image gets
+the same figures from `uqserve predict --seed S` as from `POST /predict` with
+`seed=S`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
 
+from adapters.images import read_image
+from adapters.model_store import StoredModel
+from models.answer import MAX_SEED, PredictionResponse, build_answers, random_seed, sample_and_score
 from models.card import ModelCard
-from models.mc_dropout import MCDropoutPredictor
-from models.preprocessing import preprocess_images
-from models.uncertainty import (
-    expected_entropy,
-    mean_probabilities,
-    mutual_information,
-    predictive_entropy,
-    variance,
-)
-from training.export import load_exported
-
-
-def read_image(path: Path) -> np.ndarray:
-    """An image file as (H, W) grayscale, (H, W, 3) RGB or (H, W, 4) RGBA pixels."""
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
-        if image.mode in ("L", "RGB", "RGBA"):
-            return np.asarray(image)
-        if image.mode in ("1", "I", "I;16", "F"):
-            return np.asarray(image.convert("L"))
-        has_alpha = "A" in image.mode or "transparency" in image.info
-        return np.asarray(image.convert("RGBA" if has_alpha else "RGB"))
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One image's answer."""
-
-    path: str
-    label: str
-    probability: float
-    variance: float
-    predictive_entropy: float
-    aleatoric: float
-    mutual_information: float
-    uncertain: bool
+from models.preprocessing import Preprocessor
 
 
 def predict_files(
     paths: list[Path], tag: str, samples: int | None = None, seed: int | None = None
-) -> tuple[list[Prediction], ModelCard]:
-    """MC-dropout predictions for image files, with the model card's defaults."""
-    model, card = load_exported(tag)
-    images = preprocess_images([read_image(p) for p in paths], card.model.preprocessing)
-    draws = MCDropoutPredictor(model).sample(images, samples or card.mc_samples, seed=seed)
-    mean, var = mean_probabilities(draws), variance(draws)  # (B, C) each
-    entropy, aleatoric = predictive_entropy(draws), expected_entropy(draws)
-    mi = mutual_information(draws)
-    threshold = card.uncertain_threshold
-    predictions = []
-    for i, path in enumerate(paths):
-        best = int(mean[i].argmax())
-        predictions.append(
-            Prediction(
-                path=str(path),
-                label=card.class_names[best],
-                probability=float(mean[i, best]),
-                variance=float(var[i, best]),
-                predictive_entropy=float(entropy[i]),
-                aleatoric=float(aleatoric[i]),
-                mutual_information=float(mi[i]),
-                uncertain=threshold is not None and bool(mi[i] > threshold),
-            )
+) -> tuple[PredictionResponse, ModelCard]:
+    """The answer to these files, as `POST /predict` gives it (the model card's defaults),
+    and the model's card."""
+    stored = StoredModel.open(tag)
+    samples = samples or stored.card.mc_samples
+    if samples < 1:
+        raise ValueError(f"Invalid value for `samples`: expected >= 1, received samples={samples}")
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise ValueError(
+            f"Invalid value for `seed`: expected 0 to {MAX_SEED}, received seed={seed}"
         )
-    return predictions, card
-
-
-def format_table(predictions: list[Prediction]) -> str:
-    """A plain-text table, one row per image."""
-    header = (
-        "image",
-        "class",
-        "probability",
-        "variance",
-        "entropy",
-        "aleatoric",
-        "MI",
-        "uncertain",
+    seed = random_seed() if seed is None else seed
+    images = Preprocessor(stored.card.model.preprocessing)([read_image(p) for p in paths])
+    streams = [(seed, index) for index in range(len(paths))]
+    draws, scores = sample_and_score(
+        stored.predictor(), stored.density(), images, [samples] * len(paths), streams
     )
-    rows = [
-        (
-            p.path, p.label, f"{p.probability:.4f}", f"{p.variance:.2e}",
-            f"{p.predictive_entropy:.4f}", f"{p.aleatoric:.4f}",
-            f"{p.mutual_information:.4f}", "yes" if p.uncertain else "no",
-        )
-        for p in predictions
-    ]  # fmt: skip
-    widths = [max(len(str(r[c])) for r in (header, *rows)) for c in range(len(header))]
-    lines = [
-        "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True))
-        for row in (header, *rows)
-    ]
+    predictions = build_answers(np.stack(draws), scores, stored.card)  # draws: (n, T, C)
+    response = PredictionResponse(
+        model=stored.tag, samples=samples, seed=seed, predictions=predictions
+    )
+    return response, stored.card
+
+
+def _columns(rows: list[tuple[str, ...]]) -> str:
+    """Rows of text as left-aligned columns."""
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def _flag(value: bool | None) -> str:
+    return "-" if value is None else ("yes" if value else "no")
+
+
+def format_table(response: PredictionResponse, paths: list[Path], card: ModelCard) -> str:
+    """One row per image with its headline figures, then each image's per-class figures."""
+    header = ("image", "class", "confidence", "entropy", "aleatoric", "epistemic",
+              "uncertain", "ood_score", "ood")  # fmt: skip
+    rows = [header]
+    for path, p in zip(paths, response.predictions, strict=True):
+        score = "-" if p.ood_score is None else f"{p.ood_score:.2f}"
+        rows.append((str(path), p.label, f"{p.confidence:.4f}", f"{p.predictive_entropy:.4f}",
+                     f"{p.aleatoric:.4f}", f"{p.epistemic:.4f}", _flag(p.uncertain), score,
+                     _flag(p.out_of_distribution)))  # fmt: skip
+    blocks = [_columns(rows)]
+    for path, p in zip(paths, response.predictions, strict=True):
+        per_class = [("  class", "probability", "variance")]
+        figures = zip(card.class_names, p.probabilities, p.variance, strict=True)
+        per_class += [(f"  {name}", f"{prob:.4f}", f"{var:.2e}") for name, prob, var in figures]
+        blocks.append(f"{path}:\n{_columns(per_class)}")
+    return "\n\n".join(blocks)

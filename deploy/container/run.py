@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import httpx
-
 from deploy.container.engine import ContainerError, Engine
-from load_tests.run_loadtest import free_port
+from deploy.processes import NotReady, free_port
+from deploy.processes import wait_ready as wait_for_readyz
 
 
 @dataclass(frozen=True)
@@ -71,17 +69,12 @@ def is_running(container: Container) -> bool:
 
 def wait_ready(container: Container, timeout_s: float) -> None:
     """Poll `/readyz` until it answers 200 (the model has loaded and warmed up)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{container.url}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if not is_running(container):
-            raise ContainerError("the container exited before it was ready")
-        time.sleep(2)
-    raise ContainerError(f"/readyz did not answer 200 within {timeout_s:.0f} s")
+    try:
+        wait_for_readyz(
+            container.url, lambda: is_running(container), lambda: "its log follows", timeout_s
+        )
+    except NotReady as error:
+        raise ContainerError(str(error)) from None
 
 
 def print_log(container: Container, lines: int = 200) -> None:

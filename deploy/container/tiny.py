@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from adapters.model_store import export_model
 from models.architecture import build_model
 from models.card import ModelCard
 from models.config import HeadConfig, ModelConfig, PreprocessingConfig
 from models.density import FeatureDensity
 from models.mc_dropout import MCDropoutPredictor
 from models.preprocessing import preprocess_images
-from training.export import export_model
 
 NAME = "uqserve_tiny"
 CLASSES = tuple(str(digit) for digit in range(10))

@@ -6,7 +6,7 @@ Reports the calibration figures of both, how far the probabilities move, how
 often the predicted class changes, and how far the OOD scores move. Writes
 reports/precision/<dtype>.json.
 
-    python load_tests/precision.py --model uqserve_vgg16:latest --base-dtype bfloat16
+    python -m training.precision --model uqserve_vgg16:latest --base-dtype bfloat16
 """
 
 from __future__ import annotations
@@ -18,26 +18,25 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from models.mc_dropout import MCDropoutPredictor  # noqa: E402
-from models.uncertainty import summarize  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
-from training.data import load_dataset, split_dataset  # noqa: E402
-from training.export import load_density, load_exported, resolve_tag  # noqa: E402
-from training.outputs import SplitOutputs, predictor_outputs  # noqa: E402
+from adapters.model_store import StoredModel
+from models.mc_dropout import BASE_DTYPES
+from models.uncertainty import summarize
+from training.config import TrainConfig
+from training.data import load_dataset, split_dataset
+from training.outputs import SplitOutputs, predictor_outputs
 
 
-def answers(tag: str, dtypes: list[str], samples: int, seed: int) -> tuple[dict, np.ndarray]:
+def answers(
+    stored: StoredModel, dtypes: list[str], samples: int, seed: int
+) -> tuple[dict, np.ndarray]:
     """{dtype: (outputs, OOD scores)} on the test split, and its labels."""
-    (model, card), density = load_exported(tag), load_density(tag)
+    card, density = stored.card, stored.density()
     config = TrainConfig.model_validate(card.training)
     data = load_dataset(config.data.dataset, config.preprocessing.image_size)
     test = split_dataset(data, config.data, config.seed).test
     result = {}
     for dtype in dtypes:
-        predictor = MCDropoutPredictor(model, base_dtype=dtype)
+        predictor = stored.predictor(dtype)
         outputs = predictor_outputs(predictor, test.images, card.model.preprocessing, samples, seed)
         scores = None if density is None else -density.log_density(outputs.embeddings)
         result[dtype] = (outputs, scores)
@@ -61,13 +60,14 @@ def compare(exact: SplitOutputs, low: SplitOutputs) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="uqserve_vgg16:latest")
-    parser.add_argument("--base-dtype", default="bfloat16")
+    parser.add_argument("--base-dtype", default="bfloat16", choices=BASE_DTYPES[1:])
     parser.add_argument("--samples", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, default=ROOT / "reports" / "precision")
+    parser.add_argument("--output", type=Path, default=Path("reports") / "precision")
     args = parser.parse_args(argv)
-    tag = resolve_tag(args.model)
-    result, labels = answers(tag, ["float32", args.base_dtype], args.samples, args.seed)
+    stored = StoredModel.open(args.model)
+    tag = stored.tag
+    result, labels = answers(stored, ["float32", args.base_dtype], args.samples, args.seed)
     (exact, exact_scores), (low, low_scores) = result["float32"], result[args.base_dtype]
     summary = {"model": tag, "base_dtype": args.base_dtype, "samples": args.samples,
                "images": len(labels), "float32": summarize(exact.samples, labels),
