@@ -23,6 +23,7 @@ from models.config import HeadConfig, ModelConfig, PreprocessingConfig
 
 atexit.register(shutil.rmtree, os.environ["BENTOML_HOME"], ignore_errors=True)
 TINY = PreprocessingConfig(image_size=(32, 32))
+_GIT_BEFORE = pytest.StashKey[set[str] | None]()
 
 
 def tiny_model(head: HeadConfig | None = None, num_classes: int = 4, seed: int = 0) -> keras.Model:
@@ -116,3 +117,32 @@ def server(bento, tag, tmp_path_factory):
         _,
     ):
         yield base
+
+
+def _untracked_or_changed() -> set[str] | None:
+    """`git status --porcelain` lines of the checkout (ignored files left out), or None
+    outside a git checkout."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"],
+        cwd=root, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return set(done.stdout.splitlines()) if done.returncode == 0 else None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_GIT_BEFORE] = _untracked_or_changed()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if a test wrote anything git would pick up: outputs go to tmp or ignored
+    folders, never into the tree."""
+    before = session.config.stash.get(_GIT_BEFORE, None)
+    after = _untracked_or_changed()
+    if before is None or after is None or not (new := sorted(after - before)):
+        return
+    print("\ntests wrote files that git would pick up:\n  " + "\n  ".join(new))
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
