@@ -5,7 +5,20 @@ the byte limit gets a 413 at once. Otherwise the body is checked as it
 streams: its size, and, for a multipart form, every part's headers (through
 python-multipart's streaming parser, the one Starlette uses). Past a limit, or
 at a part that is not allowed, the middleware answers itself (413 or 400) and
-tells the app the client has gone, so nothing more is read, parsed or written.
+tells the app the client has gone, so nothing more is parsed or written.
+
+A refusal sent while the client is still uploading must not close the
+connection under it: a client that writes its whole body before reading (such
+as Python's `urllib`) then sees a broken pipe or a reset, never the answer.
+So, as nginx's lingering close does, the middleware answers, then reads and
+discards the rest of the body within bounds (`Drain`), then ends the response
+with `Connection: close`. uvicorn (h11 and httptools alike) answers
+`receive()` with `http.disconnect` once the response is complete, and closes
+the transport as soon as a `Connection: close` response is complete, so the
+draining has to happen between the answer's first bytes and its end. A client
+that sent `Expect: 100-continue` has sent no body yet and gets the refusal
+without one being asked for (uvicorn writes `100 Continue` only at the first
+`receive()`, which is never called then).
 
 Why the form checks: BentoML 1.4 turns Starlette's "too many files" and
 malformed-form errors into 500s, and it treats a *text* value of a file field
@@ -15,9 +28,11 @@ without uvloop, a crash. Here `files` must be file uploads.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -34,6 +49,11 @@ CONTENT_TYPES = {  # what each prediction route accepts; anything else is a 415
     "/predict": b"multipart/form-data",
     "/predict_array": b"application/json",
 }
+DRAIN_FACTOR = 4  # a refused body is read to its end up to this many times max_bytes more...
+DRAIN_CAP = 256 * 1024 * 1024  # ...and never more than this, whatever max_bytes is
+DRAIN_SECONDS = 30.0  # nginx's lingering_time
+DRAIN_IDLE_SECONDS = 5.0  # nginx's lingering_timeout
+CLOSE = (b"connection", b"close")
 
 
 class FormError(ValueError):
@@ -98,33 +118,94 @@ class FormInspector:
             self.error = f"form: a text field longer than {MAX_FIELD_BYTES} bytes"
 
 
-class RequestLimits:
-    """ASGI middleware: 413 past `max_bytes` of body, 400 past `max_files` form files."""
+@dataclass(frozen=True)
+class Drain:
+    """How much of a refused request's body is read and thrown away before the connection closes.
 
-    def __init__(self, app: App, max_bytes: int, max_files: int) -> None:
+    Bytes: by default `min(DRAIN_FACTOR * max_bytes, DRAIN_CAP)` beyond what was
+    read when refusing (200 MB for the default 50 MB limit). An honest client
+    that overshoots does so by a small factor (a few images too many, or float
+    pixels spelled out in JSON); reading that costs bandwidth and time but no
+    memory, as every chunk is dropped, and lets the client read its 413. The
+    cap bounds what one refused request can cost (256 MiB is about 2 s of a
+    1 Gbit/s link) however high max_bytes is set. Time: `seconds` in all and
+    `idle_seconds` without data, as nginx's lingering_time (30 s) and
+    lingering_timeout (5 s), so a slow or stalled client cannot hold the
+    worker. Past any bound the connection is closed unread.
+    """
+
+    max_bytes: int
+    seconds: float = DRAIN_SECONDS
+    idle_seconds: float = DRAIN_IDLE_SECONDS
+
+    @classmethod
+    def for_limit(cls, max_bytes: int) -> Drain:
+        """The default bounds for a body limit of `max_bytes`."""
+        return cls(min(DRAIN_FACTOR * max_bytes, DRAIN_CAP))
+
+    async def __call__(self, receive: Receive) -> bool:
+        """Read and discard body messages; True if the body ended within the bounds."""
+        loop = asyncio.get_running_loop()
+        deadline, discarded = loop.time() + self.seconds, 0
+        while (left := deadline - loop.time()) > 0:
+            try:
+                message = await asyncio.wait_for(receive(), min(self.idle_seconds, left))
+            except asyncio.TimeoutError:
+                return False
+            if message["type"] != "http.request":  # the client has gone
+                return False
+            discarded += len(message.get("body", b""))
+            if discarded > self.max_bytes:
+                return False
+            if not message.get("more_body", False):
+                return True
+        return False
+
+
+class RequestLimits:
+    """ASGI middleware: 413 past `max_bytes` of body, 400 past `max_files` form files.
+
+    `drain` bounds how much of a refused body is read so that the client can
+    read the refusal; by default `Drain.for_limit(max_bytes)`.
+    """
+
+    def __init__(self, app: App, max_bytes: int, max_files: int,
+                 drain: Drain | None = None) -> None:  # fmt: skip
         for name, value in (("max_bytes", max_bytes), ("max_files", max_files)):
             if value < 1:
                 raise ValueError(f"Invalid value for `{name}`: expected >= 1, received {value}")
         self.app = app
         self.max_bytes = max_bytes
         self.max_parts = max_files + FORM_FIELDS
+        self.drain = Drain.for_limit(max_bytes) if drain is None else drain
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        wrong_type = _wrong_type(scope, headers.get(b"content-type", b""))
-        if wrong_type is not None:
-            await _refuse(send, *wrong_type)
-        elif declared is not None and not declared.isdigit():
-            await _refuse(send, 400, "Content-Length: not a number of bytes")
-        elif declared is not None and int(declared) > self.max_bytes:
-            await _refuse(send, 413, self._too_big(f"{int(declared)} bytes"))
-        else:
+        refusal = self._refusal(scope, headers)
+        if refusal is None:
             guard = _Guard(self, _boundary(headers.get(b"content-type", b"")), receive, send)
             await self.app(scope, guard.receive, guard.send)
+            return
+        plan = _unread_body(headers, self.drain)  # none of the body has been read yet
+        if plan == "drain":
+            await _refuse_draining(receive, send, *refusal, self.drain)
+        else:
+            await _refuse(send, *refusal, close=plan == "close")
+
+    def _refusal(self, scope: Scope, headers: dict[bytes, bytes]) -> tuple[int, str] | None:
+        """(status, why) when the request is refused on its headers alone, else None."""
+        wrong_type = _wrong_type(scope, headers.get(b"content-type", b""))
+        declared = headers.get(b"content-length")
+        if wrong_type is not None:
+            return wrong_type
+        if declared is not None and not declared.isdigit():
+            return 400, "Content-Length: not a number of bytes"
+        if declared is not None and int(declared) > self.max_bytes:
+            return 413, self._too_big(f"{int(declared)} bytes")
+        return None
 
     def _too_big(self, size: str) -> str:
         """The 413 message: what was received and the limit."""
@@ -147,21 +228,26 @@ class _Guard:
         chunk = message.get("body", b"")
         self.size += len(chunk)
         if self.size > self.limits.max_bytes:
-            return await self._refuse(413, self.limits._too_big("more bytes than allowed"))
+            too_big = self.limits._too_big("more bytes than allowed")
+            return await self._refuse(413, too_big, message)
         try:
             if self.form is not None:
                 self.form.feed(chunk)
         except FormError as error:
-            return await self._refuse(400, str(error))
+            return await self._refuse(400, str(error), message)
         return message
 
     async def send(self, message: Message) -> None:
         if not self.refused:  # once refused, whatever the app says goes nowhere
             await self._send(message)
 
-    async def _refuse(self, status: int, error: str) -> Message:
+    async def _refuse(self, status: int, error: str, message: Message) -> Message:
+        """Answer in the app's place, draining whatever body is left; the app sees a disconnect."""
         self.refused = True
-        await _refuse(self._send, status, error)
+        if message.get("more_body", False):
+            await _refuse_draining(self._receive, self._send, status, error, self.limits.drain)
+        else:  # the body has ended: nothing to drain, the connection can be kept
+            await _refuse(self._send, status, error)
         return {"type": "http.disconnect"}
 
 
@@ -191,9 +277,51 @@ def _boundary(content_type: bytes) -> bytes | None:
     return options.get(b"boundary") or None
 
 
-async def _refuse(send: Send, status: int, error: str) -> None:
-    """Answer `status` with `{"error": error}`, the body every refusal of the service has."""
+def _unread_body(headers: dict[bytes, bytes], drain: Drain) -> Literal["keep", "close", "drain"]:
+    """What to do with the body of a request refused before any of it was read.
+
+    "keep": there is no body, the connection can serve another request.
+    "close": answer and close without reading, when the client waits for
+    `100 Continue` (RFC 9110 section 10.1.1 lets a server close rather than
+    read), when the declared length is past the drain bound, or when it is not
+    a number (no way to find the body's end). "drain": answer, then drain.
+    """
+    chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
+    declared = None if chunked else headers.get(b"content-length", b"0")  # None: unknown
+    if declared is not None and declared.isdigit() and int(declared) == 0:
+        return "keep"
+    if headers.get(b"expect", b"").lower() == b"100-continue":
+        return "close"
+    if declared is not None and (not declared.isdigit() or int(declared) > drain.max_bytes):
+        return "close"
+    return "drain"
+
+
+async def _refuse(send: Send, status: int, error: str, *, close: bool = False,
+                  more_body: bool = False) -> None:  # fmt: skip
+    """Answer `status` with `{"error": error}`, the body every refusal of the service has.
+
+    `close` adds `Connection: close`; `more_body` leaves the response open, for
+    `_refuse_draining` to end.
+    """
     body = json.dumps({"error": error}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append(CLOSE)
     await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": body, "more_body": more_body})
+
+
+async def _refuse_draining(receive: Receive, send: Send, status: int, error: str,
+                           drain: Drain) -> None:  # fmt: skip
+    """Answer at once, drain the rest of the body within `drain`'s bounds, then end the answer.
+
+    The whole refusal is written first, so a client that reads while it sends
+    has it at once; the response ends, with `Connection: close`, only after
+    the draining, because the server stops reading and closes the connection
+    as soon as it ends: closing with unread data makes the kernel reset the
+    connection, and the client may lose the answer.
+    """
+    await _refuse(send, status, error, close=True, more_body=True)
+    await drain(receive)
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
