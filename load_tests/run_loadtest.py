@@ -101,8 +101,10 @@ def inprocess_throughput(
     """
     from load_tests.payloads import make_payloads
     from models.answer import build_answers, sample_and_score
+    from models.density import limit_blas_threads
     from models.preprocessing import Preprocessor
 
+    limit_blas_threads()  # as the model service does
     stored = StoredModel.open(model)
     predictor, density = stored.predictor(base_dtype), stored.density()
     preprocess = Preprocessor(stored.card.model.preprocessing)

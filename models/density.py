@@ -8,24 +8,48 @@ so the score costs no extra forward pass.
 
 One full covariance per class, estimated with scikit-learn's Ledoit-Wolf
 shrinkage so that it stays well conditioned with fewer images per class than
-feature dimensions.
+feature dimensions. A class with too few images for its own estimate (fewer
+than `min_class_images`) uses the pooled within-class covariance instead.
 """
 
 from __future__ import annotations
 
-import functools
+import numbers
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import logsumexp
 from sklearn.covariance import LedoitWolf
-from threadpoolctl import ThreadpoolController
+from threadpoolctl import OpenBLASController, threadpool_limits
+
+MIN_CLASS_IMAGES = 5
 
 
-@functools.cache
-def _threadpools() -> ThreadpoolController:
-    """The loaded BLAS and OpenMP libraries (finding them takes milliseconds: once)."""
-    return ThreadpoolController()
+def limit_blas_threads(threads: int = 1) -> None:
+    """Set every loaded BLAS library (OpenBLAS, MKL, ...) to `threads` threads, process-wide.
+
+    A serving process calls this once at start-up, not around each call:
+    the density's products are small, and OpenBLAS's idle threads spin for a
+    while after each one, taking cores from TensorFlow (17 % of the model
+    service's CPU under load, measured with perf). A limit set and restored
+    around every call changes the same process-wide setting, so two calls
+    overlapping in different threads can leave the process at one thread for good.
+    TensorFlow does not use these libraries, so its own thread pools are unaffected.
+    Libraries loaded later are not limited; NumPy and SciPy are loaded by now.
+    The calling thread keeps no hold on the setting (threadpoolctl 3.8 would
+    otherwise ignore other threads' limits while it lives). An OpenMP-threaded
+    BLAS (not the pthreads OpenBLAS of pip's NumPy and SciPy) takes the limit
+    per thread; there, set OMP_NUM_THREADS=1 in the environment instead.
+    """
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
+        raise ValueError(
+            f"Invalid value for `threads`: expected an integer >= 1, received threads={threads!r}"
+        )
+    threadpool_limits(limits=int(threads), user_api="blas")
+    release = getattr(OpenBLASController, "clear_controlling_thread", None)
+    if release is not None:  # threadpoolctl >= 3.8 lets only this thread change it again
+        release()
 
 
 @dataclass(frozen=True)
@@ -39,39 +63,50 @@ class FeatureDensity:
 
     @classmethod
     def fit(
-        cls, embeddings: np.ndarray, labels: np.ndarray, jitter: float = 1e-6
+        cls,
+        embeddings: np.ndarray,
+        labels: np.ndarray,
+        jitter: float = 1e-6,
+        min_class_images: int = MIN_CLASS_IMAGES,
     ) -> FeatureDensity:
         """Fit on (N, D) embeddings (pooled base features) with integer labels (N,).
 
         Each class's covariance is scikit-learn's Ledoit-Wolf estimate plus
         `jitter` times the mean variance (at least `jitter`) on the diagonal,
         as DDU does, so that constant (dead) feature dimensions stay invertible.
+
+        A class with fewer than `min_class_images` images uses the pooled
+        within-class covariance instead (Ledoit-Wolf on every image's embedding
+        minus its class mean), with a warning naming it: from one image its own
+        estimate is zero, from very few it rests on a handful of directions,
+        and the densities come out absurd (-1e8 and worse at D = 512). Its mean
+        and prior are still its own. Classes with enough images are unaffected.
         """
-        if jitter <= 0.0:
-            raise ValueError(f"Invalid value for `jitter`: expected > 0, received jitter={jitter}")
+        _check_fit_arguments(jitter, min_class_images)
         z, labels = np.asarray(embeddings, np.float64), np.asarray(labels)
-        classes = np.unique(labels)
-        means, rotations, scalings = [], [], []
-        for label in classes:
-            members = z[labels == label]
-            covariance = LedoitWolf().fit(members).covariance_
+        classes, counts = np.unique(labels, return_counts=True)
+        means = np.stack([z[labels == label].mean(axis=0) for label in classes])
+        small = counts < min_class_images
+        pooled = _pooled_covariance(z, labels, classes, counts, means) if small.any() else None
+        if small.any():
+            _warn_small_classes(classes[small], counts[small], min_class_images)
+        rotations, scalings = [], []
+        for label, is_small in zip(classes, small, strict=True):
+            covariance = pooled if is_small else LedoitWolf().fit(z[labels == label]).covariance_
             ridge = jitter * max(float(np.trace(covariance)) / z.shape[1], 1.0)
             scaling, rotation = np.linalg.eigh(covariance + ridge * np.eye(z.shape[1]))
-            means.append(members.mean(axis=0))
             rotations.append(rotation)
             scalings.append(scaling)
-        priors = np.array([(labels == label).mean() for label in classes])
-        return cls(np.stack(means), np.stack(rotations), np.stack(scalings), np.log(priors))
+        log_priors = np.log(counts / counts.sum())
+        return cls(means, np.stack(rotations), np.stack(scalings), log_priors)
 
     def log_density(self, embeddings: np.ndarray) -> np.ndarray:
         """log sum_c pi_c N(z; mu_c, Sigma_c) for each row of (N, D) embeddings -> (N,).
 
-        BLAS runs on one thread: the products are small, and OpenBLAS's idle
-        threads spin for a while after each call, taking cores from TensorFlow
-        (17 % of the model service's CPU under load, measured with perf).
+        It leaves BLAS threads alone: a server sets them once with
+        `limit_blas_threads` (see there why one thread).
         """
-        with _threadpools().limit(limits=1, user_api="blas"):
-            return self._log_density(np.asarray(embeddings, np.float64))
+        return self._log_density(np.asarray(embeddings, np.float64))
 
     def _log_density(self, z: np.ndarray) -> np.ndarray:
         dim = z.shape[1]
@@ -104,3 +139,49 @@ def pool(base_output: np.ndarray) -> np.ndarray:
     """Global-average-pool base feature maps (N, H', W', D) -> (N, D): the density's input."""
     base_output = np.asarray(base_output)
     return base_output.mean(axis=tuple(range(1, base_output.ndim - 1)))
+
+
+def _check_fit_arguments(jitter: float, min_class_images: int) -> None:
+    """Keras-style errors for `FeatureDensity.fit`'s numeric arguments."""
+    if not jitter > 0.0:
+        raise ValueError(f"Invalid value for `jitter`: expected > 0, received jitter={jitter}")
+    if (
+        isinstance(min_class_images, bool)
+        or not isinstance(min_class_images, numbers.Integral)
+        or min_class_images < 1
+    ):
+        raise ValueError(
+            "Invalid value for `min_class_images`: expected an integer >= 1, "
+            f"received min_class_images={min_class_images!r}"
+        )
+
+
+def _pooled_covariance(
+    z: np.ndarray, labels: np.ndarray, classes: np.ndarray, counts: np.ndarray, means: np.ndarray
+) -> np.ndarray:
+    """Ledoit-Wolf covariance of all embeddings centred on their class means (D, D).
+
+    With one image in every class there is no within-class spread to pool
+    (the estimate would be zero): refused rather than fitted to absurd densities.
+    """
+    if counts.max() < 2:
+        raise ValueError(
+            "Invalid value for `labels`: expected at least one class with 2 or more images "
+            f"(to estimate a covariance), received {len(labels)} images in "
+            f"{len(classes)} classes of one image each"
+        )
+    centred = z - means[np.searchsorted(classes, labels)]
+    return LedoitWolf(assume_centered=True).fit(centred).covariance_
+
+
+def _warn_small_classes(classes: np.ndarray, counts: np.ndarray, min_class_images: int) -> None:
+    """Name the classes that fall back to the pooled covariance, with their image counts."""
+    pairs = zip(classes.tolist(), counts.tolist(), strict=True)
+    named = ", ".join(f"{label!r}: {count}" for label, count in pairs)
+    warnings.warn(
+        f"FeatureDensity.fit: {len(classes)} class(es) with fewer than "
+        f"min_class_images={min_class_images} training images use the pooled within-class "
+        f"covariance instead of their own (class: images) {{{named}}}",
+        UserWarning,
+        stacklevel=3,
+    )

@@ -17,6 +17,15 @@ other images in its batch, and a seed makes a call reproducible.
 The model is never called in training mode: in Keras 3 that would also put
 BatchNormalization on batch statistics and overwrite its moving averages.
 
+Plain `keras.layers.Dropout` (elementwise, no `noise_shape`) is the only
+random layer supported in the head; construction refuses the others rather
+than sample them wrongly or not at all: Dropout subclasses (SpatialDropout1D/
+2D/3D drop whole channels, not elements), a Dropout with a `noise_shape`,
+GaussianDropout and AlphaDropout (not Dropout subclasses: they would silently
+stay off), and Dropout inside a nested model (not split, so never sampled).
+GaussianNoise is allowed: additive noise for training only, not part of MC
+dropout; in inference it is the identity, here as in `model.predict`.
+
 `base_dtype="bfloat16"` (or "float16") runs the frozen base in Keras mixed
 precision: a copy of the base computes in that type, its weights and
 everything after it stay float32. On CPUs with bfloat16 instructions
@@ -26,7 +35,9 @@ The model itself is not changed.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import keras
 import numpy as np
@@ -44,23 +55,85 @@ def _split_index(layers: Sequence[keras.layers.Layer]) -> int:
     return len(layers)
 
 
-ImageSeed = int | tuple[int, ...]
-BASE_DTYPES = ("float32", "bfloat16", "float16")
+_TRAINING_NOISE = (keras.layers.GaussianDropout, keras.layers.AlphaDropout)
+
+
+def _unsupported(layer: keras.layers.Layer) -> str | None:
+    """Why `layer` cannot be in the head, or None when the predictor handles it."""
+    if type(layer) is keras.layers.Dropout:
+        if layer.noise_shape is None:
+            return None
+        return f"its masks are shared along axes (noise_shape={layer.noise_shape})"
+    if isinstance(layer, keras.layers.Dropout):
+        return "a Dropout subclass; its masks would be drawn elementwise, not its own way"
+    if isinstance(layer, _TRAINING_NOISE):
+        return "random in training mode only, which is never used: its noise would be left out"
+    if isinstance(layer, keras.Model):
+        for inner in layer.layers:
+            if type(inner) is keras.layers.Dropout or _unsupported(inner) is not None:
+                return f"a nested model with {type(inner).__name__} {inner.name!r}, never sampled"
+    return None
+
+
+def _check_head(layers: Sequence[keras.layers.Layer]) -> None:
+    """Refuse random layers that MC sampling would draw wrongly or leave out."""
+    for layer in layers:
+        reason = _unsupported(layer)
+        if reason is not None:
+            raise ValueError(
+                "Invalid value for `model`: expected a head whose only random layers are "
+                "plain `keras.layers.Dropout` (elementwise masks, no `noise_shape`), received "
+                f"layer {layer.name!r} of class {type(layer).__name__}: {reason}"
+            )
+
+
+ImageSeed = int | np.integer | Sequence[int | np.integer]
+BaseDtype = Literal["float32", "bfloat16", "float16"]  # what the frozen base may compute in
+BASE_DTYPES: tuple[str, ...] = get_args(BaseDtype)
+
+
+def _seed_int(value: object, argument: str) -> int:
+    """A non-negative Python or NumPy integer as an int, or a Keras-style error."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0:
+        return int(value)
+    raise ValueError(
+        f"Invalid value for `{argument}`: expected a non-negative integer (Python or NumPy), "
+        f"received {argument}={value!r} of type {type(value).__name__}"
+    )
+
+
+def _image_entropy(seed: object, index: int) -> int | list[int]:
+    """One image's seed (an integer, or a non-empty sequence of them) as NumPy's entropy."""
+    argument = f"image_seeds[{index}]"
+    if (isinstance(seed, np.ndarray) and seed.ndim == 1) or (
+        isinstance(seed, Sequence) and not isinstance(seed, str | bytes)
+    ):
+        if len(seed) == 0:
+            raise ValueError(
+                f"Invalid value for `{argument}`: expected an integer or a non-empty sequence "
+                f"of integers, received {argument}={seed!r}"
+            )
+        return [_seed_int(part, argument) for part in seed]
+    return _seed_int(seed, argument)
 
 
 def _image_rngs(
-    batch: int, seed: int | None, image_seeds: Sequence[ImageSeed] | None
+    batch: int, seed: int | np.integer | None, image_seeds: Sequence[ImageSeed] | None
 ) -> list[np.random.Generator]:
-    """One random stream per image: from `image_seeds`, from (seed, index), or fresh."""
+    """One random stream per image: from `image_seeds`, from (seed, index), or fresh.
+
+    NumPy integers seed exactly as the equal Python ints (both become ints here).
+    """
     if image_seeds is not None:
         if len(image_seeds) != batch:
             raise ValueError(
                 f"Invalid value for `image_seeds`: expected {batch} seeds, "
                 f"received {len(image_seeds)}"
             )
-        return [np.random.default_rng(s if isinstance(s, int) else list(s)) for s in image_seeds]
+        return [np.random.default_rng(_image_entropy(s, i)) for i, s in enumerate(image_seeds)]
     if seed is not None:
-        return [np.random.default_rng([int(seed), index]) for index in range(batch)]
+        start = _seed_int(seed, "seed")
+        return [np.random.default_rng([start, index]) for index in range(batch)]
     return np.random.default_rng().spawn(batch)
 
 
@@ -79,18 +152,30 @@ class MCDropoutPredictor:
                 f"Invalid value for `base_dtype`: expected one of {BASE_DTYPES}, "
                 f"received base_dtype={base_dtype!r}"
             )
+        layers = list(get_head(model).layers)
+        _check_head(layers)
         self.model = model
         self.batch_size = batch_size
         self.base_dtype = base_dtype
-        layers = list(get_head(model).layers)
         split = _split_index(layers)
-        self._extractor = _extractor(_in_precision(get_base(model), base_dtype), layers[:split])
+        base = _in_precision(get_base(model), base_dtype)
+        self._base_copy = None if base is get_base(model) else base
+        self._extractor = _extractor(base, layers[:split])
         self._suffix = layers[split:]
 
     @property
     def num_classes(self) -> int:
         """Number of classes the model predicts."""
         return int(self.model.output.shape[-1])
+
+    @property
+    def served_models(self) -> list[keras.Model]:
+        """Every model whose weights compute the answers, for `weights_digest(*served_models)`.
+
+        The model, plus the base's mixed-precision copy when `base_dtype` is
+        not float32: that copy, not the model's own base, computes the features.
+        """
+        return [self.model] if self._base_copy is None else [self.model, self._base_copy]
 
     def forward(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The deterministic part, once per image -> (embeddings (B, D), hidden (B, ...)).
@@ -126,21 +211,23 @@ class MCDropoutPredictor:
         self,
         images: np.ndarray,
         samples: int,
-        seed: int | None = None,
+        seed: int | np.integer | None = None,
         image_seeds: Sequence[ImageSeed] | None = None,
     ) -> np.ndarray:
         """T Monte Carlo dropout samples of the class probabilities, shaped (B, T, C).
 
         `seed` makes the call reproducible (image i uses the stream (seed, i));
         `image_seeds` gives each image its own seed (an int or a tuple such as
-        (seed, i)), for callers that batch several requests together.
+        (seed, i)), for callers that batch several requests together. Seeds are
+        non-negative Python or NumPy integers; a NumPy integer draws exactly
+        what the equal Python int draws.
         """
         if samples < 1:
             raise ValueError(
                 f"Invalid value for `samples`: expected >= 1, received samples={samples}"
             )
+        rngs = _image_rngs(len(images), seed, image_seeds)  # checks the seeds before computing
         hidden = self.hidden(images)  # (B, ...)
-        rngs = _image_rngs(len(images), seed, image_seeds)
         return self.sample_from_hidden(hidden, samples, rngs)
 
     def sample_each(
@@ -157,8 +244,8 @@ class MCDropoutPredictor:
                 f"Invalid value for `samples`: expected {len(images)} counts >= 1, "
                 f"received {list(samples)}"
             )
+        rngs = _image_rngs(len(images), None, image_seeds)  # checks the seeds before computing
         embeddings, hidden = self.forward(images)  # (B, D), (B, ...)
-        rngs = _image_rngs(len(images), None, image_seeds)
         out: list[np.ndarray] = [np.empty(0)] * len(images)
         for count in sorted(set(samples)):
             members = [i for i, s in enumerate(samples) if s == count]

@@ -32,6 +32,7 @@ from adapters.images import ImageError, decode_image
 from adapters.model_store import StoredModel, require_model
 from models.answer import build_answers, random_seed, sample_and_score
 from models.card import ModelCard
+from models.density import limit_blas_threads
 from models.fingerprint import weights_digest
 from models.preprocessing import Preprocessor
 from service import jobs
@@ -72,11 +73,12 @@ class ModelService:
     bento_model = bentoml.models.BentoModel(SETTINGS.model)
 
     def __init__(self) -> None:
+        limit_blas_threads()  # once, for the process: OpenBLAS's spinning threads cost TF cores
         stored = StoredModel.of(self.bento_model)
         self.card: ModelCard = stored.card
         self.predictor = stored.predictor(SETTINGS.base_dtype)
         self.density = stored.density()
-        self.loaded_digest = weights_digest(self.predictor.model)
+        self.loaded_digest = weights_digest(*self.predictor.served_models)
 
     @bentoml.on_startup
     def warm_up(self) -> None:
@@ -102,7 +104,7 @@ class ModelService:
     @bentoml.api
     def weights_digest(self) -> WeightsDigest:
         """Digest of the weights in memory, to compare with the one taken at load."""
-        now = weights_digest(self.predictor.model)
+        now = weights_digest(*self.predictor.served_models)
         return WeightsDigest(sha256=now, loaded_sha256=self.loaded_digest,
                              unchanged=now == self.loaded_digest)  # fmt: skip
 

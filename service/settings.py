@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adapters.images import MAX_PIXELS
+from models.mc_dropout import BaseDtype
 
 ENV_PREFIX = "UQSERVE_"
 
@@ -46,7 +46,7 @@ class ServiceSettings(BaseModel):
     )
     workers: int = Field(1, ge=1, description="Model service worker processes.")
     gpu: int = Field(0, ge=0, description="GPUs for the model service (0: CPU).")
-    base_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+    base_dtype: BaseDtype = Field(
         "float32",
         description="What the frozen base computes in (Keras mixed precision). bfloat16 is "
         "much faster on CPUs with AVX512_BF16 or AMX and on GPUs, slower elsewhere; "

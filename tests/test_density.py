@@ -1,15 +1,24 @@
-"""Feature-density OOD score: exact against SciPy, ordering, round trip."""
+"""Feature-density OOD score: exact against SciPy, ordering, round trip, small classes,
+BLAS threads."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 from sklearn.covariance import LedoitWolf
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_info
 
-from models.density import FeatureDensity, pool
+from models.density import FeatureDensity, limit_blas_threads, pool
 
 
 def _data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -64,13 +73,174 @@ def test_pool_averages_the_spatial_axes():
     np.testing.assert_allclose(pool(maps), maps.mean(axis=(1, 2)))
 
 
-def test_log_density_leaves_the_blas_thread_count_as_it_was():
-    """BLAS runs single-threaded inside the call only (see `log_density`)."""
+def _with_a_lone_image(label: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """`_data()` plus one class with a single image."""
     features, labels = _data()
-    density = FeatureDensity.fit(features, labels)
-    before = [pool["num_threads"] for pool in threadpool_info()]
-    with threadpool_limits(limits=2, user_api="blas"):
-        limited = [pool["num_threads"] for pool in threadpool_info()]
-        density.log_density(features)
-        assert [pool["num_threads"] for pool in threadpool_info()] == limited
-    assert [pool["num_threads"] for pool in threadpool_info()] == before
+    return np.vstack([features, [[0.0, 5.0, 5.0]]]), np.append(labels, label)
+
+
+def _covariances(density: FeatureDensity) -> np.ndarray:
+    """Each class's covariance (jitter included) back from its eigendecomposition."""
+    return np.einsum("cij,cj,ckj->cik", density.rotations, density.scalings, density.rotations)
+
+
+def test_a_class_with_one_image_gets_the_pooled_covariance():
+    features, labels = _with_a_lone_image()
+    with pytest.warns(UserWarning, match=r"min_class_images=5.*\{7: 1\}"):
+        density = FeatureDensity.fit(features, labels, jitter=1e-6)
+    class_means = np.stack([features[labels == c].mean(0) for c in (0, 1, 7)])
+    centred = features - class_means[np.searchsorted([0, 1, 7], labels)]
+    pooled = LedoitWolf(assume_centered=True).fit(centred).covariance_
+    pooled = pooled + 1e-6 * max(np.trace(pooled) / 3, 1.0) * np.eye(3)
+    np.testing.assert_allclose(_covariances(density)[2], pooled, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(density.means[2], [0.0, 5.0, 5.0])
+    np.testing.assert_allclose(np.exp(density.log_priors), [30 / 41, 10 / 41, 1 / 41])
+
+
+def test_a_class_with_one_image_has_sensible_densities():
+    features, labels = _with_a_lone_image()
+    with pytest.warns(UserWarning):
+        density = FeatureDensity.fit(features, labels)
+    lone = np.array([0.0, 5.0, 5.0])
+    scores = density.log_density(np.stack([lone, lone + 0.5, lone + 50.0]))
+    assert np.all(np.isfinite(scores))
+    assert scores[0] > scores[2] and scores[1] > scores[2]
+    assert scores[1] > scores[0] - 10.0  # half a unit off is not absurdly unlikely
+
+
+@pytest.mark.filterwarnings("ignore:Only one sample available")
+def test_without_the_fallback_a_lone_image_gets_a_spike():
+    """Control: its own estimate is zero (plus jitter), a spike the fallback avoids."""
+    features, labels = _with_a_lone_image()
+    own = FeatureDensity.fit(features, labels, min_class_images=1)
+    assert own.scalings[2].max() <= 1e-6  # variance 1e-6 in every direction
+    with pytest.warns(UserWarning):
+        pooled = FeatureDensity.fit(features, labels)
+    lone = np.array([[0.0, 5.0, 5.0]])
+    assert own.log_density(lone)[0] > pooled.log_density(lone)[0] + 15.0
+
+
+def test_classes_with_enough_images_keep_their_own_estimate():
+    features, labels = _data()
+    alone = FeatureDensity.fit(features, labels)
+    with pytest.warns(UserWarning, match=r"\{7: 1\}"):
+        mixed = FeatureDensity.fit(*_with_a_lone_image())
+    for name in ("means", "rotations", "scalings"):
+        np.testing.assert_array_equal(getattr(mixed, name)[:2], getattr(alone, name))
+
+
+def test_min_class_images_is_the_threshold():
+    features, labels = _data()
+    small = labels.copy()
+    small[np.flatnonzero(labels == 1)[5:]] = 0  # class 1 keeps 5 images
+    own = FeatureDensity.fit(features, small)  # 5 >= 5: its own estimate, no warning
+    members = features[small == 1]
+    expected = LedoitWolf().fit(members).covariance_
+    expected = expected + 1e-6 * max(np.trace(expected) / 3, 1.0) * np.eye(3)
+    np.testing.assert_allclose(_covariances(own)[1], expected, rtol=1e-10, atol=1e-12)
+    with pytest.warns(UserWarning, match=r"min_class_images=6.*\{1: 5\}"):
+        pooled = FeatureDensity.fit(features, small, min_class_images=6)
+    assert not np.allclose(_covariances(pooled)[1], expected)
+    np.testing.assert_array_equal(pooled.means, own.means)
+
+
+def test_enough_images_everywhere_gives_no_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FeatureDensity.fit(*_data())
+
+
+def test_bad_min_class_images_and_lone_images_only_are_rejected():
+    for bad in (0, -2, 2.5, True):
+        with pytest.raises(ValueError, match=r"Invalid value for `min_class_images`: expected"):
+            FeatureDensity.fit(*_data(), min_class_images=bad)
+    with pytest.raises(ValueError, match=r"Invalid value for `labels`: expected at least one"):
+        FeatureDensity.fit(np.eye(3), np.array([0, 1, 2]))
+
+
+def _blas_threads() -> list[int]:
+    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+
+def test_overlapping_log_density_calls_leave_the_blas_thread_count_alone(monkeypatch):
+    """Two calls from two threads overlap: A starts, B starts, A ends, B ends.
+
+    A limit set and restored around each call would end at what B saw on
+    entry (A's limit: one thread); `log_density` must not touch the setting.
+    """
+    before = _blas_threads()
+    if max(before, default=1) < 2:
+        pytest.skip("BLAS already runs one thread here: a change could not show")
+    density, points = FeatureDensity.fit(*_data()), np.ones((4, 3))
+    a_inside, b_inside, a_done = threading.Event(), threading.Event(), threading.Event()
+    compute, finished = FeatureDensity._log_density, []
+
+    def staged(self: FeatureDensity, z: np.ndarray) -> np.ndarray:
+        """Inside the call: A waits for B to be inside too; B waits for A to finish."""
+        first = threading.current_thread().name == "A"
+        (a_inside if first else b_inside).set()
+        (b_inside if first else a_done).wait(10)
+        return compute(self, z)
+
+    def call(name: str) -> None:
+        if name == "B":
+            a_inside.wait(10)
+        finished.append((name, density.log_density(points).shape))
+        if name == "A":
+            a_done.set()
+
+    monkeypatch.setattr(FeatureDensity, "_log_density", staged)
+    threads = [threading.Thread(target=call, args=(name,), name=name) for name in "AB"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert finished == [("A", (4,)), ("B", (4,))]  # they overlapped as staged
+    assert _blas_threads() == before
+
+
+_SET_THREADS = """
+import json, threading
+from threadpoolctl import threadpool_info, threadpool_limits
+from models.density import limit_blas_threads
+blas = lambda: [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+threadpool_limits(limits=2, user_api="blas")
+counts = {"before": blas()}
+limit_blas_threads(3)
+counts["three"] = blas()
+limit_blas_threads()
+counts["default"] = blas()
+other = threading.Thread(target=threadpool_limits, kwargs={"limits": 2, "user_api": "blas"})
+other.start()
+other.join()
+counts["other_thread"] = blas()
+print(json.dumps(counts))
+"""
+
+
+def test_limit_blas_threads_sets_every_blas_library():
+    """In a subprocess, so that this test process keeps its own BLAS settings."""
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    result = subprocess.run(
+        [sys.executable, "-c", _SET_THREADS],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    counts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert counts["before"] and set(counts["before"]) == {2}  # a change would show
+    assert set(counts["three"]) == {3}
+    assert set(counts["default"]) == {1}
+    assert set(counts["other_thread"]) == {2}  # the start-up thread keeps no hold on it
+
+
+def test_limit_blas_threads_rejects_a_bad_count():
+    before = _blas_threads()
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match=r"Invalid value for `threads`: expected"):
+            limit_blas_threads(bad)
+    assert _blas_threads() == before

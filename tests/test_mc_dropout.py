@@ -1,4 +1,5 @@
-"""The split MC-dropout predictor: shapes, invariants, BN safety, batch invariance."""
+"""The split MC-dropout predictor: shapes, invariants, BN safety, batch invariance,
+refused random layers, seeds."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import keras
 import numpy as np
 import pytest
 
+from models.architecture import compose, get_base
 from models.config import HeadConfig
+from models.head import HEAD_NAME
 from models.mc_dropout import MCDropoutPredictor, naive_mc_samples
 from tests.conftest import bn_statistics, randomize_bn_statistics, tiny_model
 
@@ -171,3 +174,115 @@ def test_a_bfloat16_base_stays_close_to_float32_and_leaves_the_model_alone(model
 def test_invalid_base_dtype_is_rejected(model):
     with pytest.raises(ValueError, match=r"expected one of .*received base_dtype='int8'"):
         MCDropoutPredictor(model, base_dtype="int8")
+
+
+@pytest.fixture(scope="module")
+def base(model) -> keras.Model:
+    """The tiny model's VGG16 base (1x1x512 maps at 32x32), shared by the heads below."""
+    return get_base(model)
+
+
+def _head(*layers: keras.layers.Layer) -> keras.Sequential:
+    """A head like `build_head`'s: base maps (1, 1, 512) -> `layers` -> 4 probabilities."""
+    probabilities = keras.layers.Dense(4, activation="softmax", name="probabilities")
+    return keras.Sequential([keras.Input((1, 1, 512)), *layers, probabilities], name=HEAD_NAME)
+
+
+class _MyDropout(keras.layers.Dropout):
+    """A user's Dropout subclass: the predictor cannot know how it draws its masks."""
+
+
+def _pool() -> keras.layers.Layer:
+    return keras.layers.GlobalAveragePooling2D(name="pool")
+
+
+UNSUPPORTED_HEADS = {
+    "SpatialDropout1D": lambda: _head(
+        keras.layers.Reshape((1, 512)),
+        keras.layers.SpatialDropout1D(0.2, name="odd"),
+        keras.layers.GlobalAveragePooling1D(),
+    ),
+    "SpatialDropout2D": lambda: _head(keras.layers.SpatialDropout2D(0.2, name="odd"), _pool()),
+    "SpatialDropout3D": lambda: _head(
+        keras.layers.Reshape((1, 1, 1, 512)),
+        keras.layers.SpatialDropout3D(0.2, name="odd"),
+        keras.layers.GlobalAveragePooling3D(),
+    ),
+    "GaussianDropout": lambda: _head(_pool(), keras.layers.GaussianDropout(0.2, name="odd")),
+    "AlphaDropout": lambda: _head(  # after a plain Dropout: in the sampled suffix
+        _pool(),
+        keras.layers.Dropout(0.3),
+        keras.layers.Dense(8, activation="selu"),
+        keras.layers.AlphaDropout(0.2, name="odd"),
+    ),
+    "_MyDropout": lambda: _head(_pool(), _MyDropout(0.2, name="odd")),
+    "Dropout": lambda: _head(_pool(), keras.layers.Dropout(0.2, noise_shape=(None, 1), name="odd")),
+    "Sequential": lambda: _head(
+        _pool(),
+        keras.Sequential(
+            [keras.Input((512,)), keras.layers.Dense(8), keras.layers.Dropout(0.2)], name="odd"
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("class_name", sorted(UNSUPPORTED_HEADS))
+def test_a_head_with_an_unsupported_random_layer_is_refused(base, class_name):
+    model = compose(base, UNSUPPORTED_HEADS[class_name]())
+    expected = (
+        r"Invalid value for `model`: expected a head whose only random layers are plain "
+        rf"`keras.layers.Dropout` .*received layer 'odd' of class {class_name}: "
+    )
+    with pytest.raises(ValueError, match=expected):
+        MCDropoutPredictor(model)
+
+
+def test_gaussian_dropout_and_alpha_dropout_are_not_dropout_subclasses():
+    """Why they need their own check: the split and the masks only see Dropout."""
+    for layer in (keras.layers.GaussianDropout(0.2), keras.layers.AlphaDropout(0.2)):
+        assert not isinstance(layer, keras.layers.Dropout)
+    assert isinstance(keras.layers.SpatialDropout2D(0.2), keras.layers.Dropout)
+
+
+def test_gaussian_noise_is_allowed_and_off_as_in_keras_inference(base, images):
+    head = _head(_pool(), keras.layers.GaussianNoise(1.0), keras.layers.Dropout(0.0))
+    model = compose(base, head)
+    expected = keras.ops.convert_to_numpy(model(images, training=False))
+    samples = MCDropoutPredictor(model).sample(images, samples=3, seed=0)
+    np.testing.assert_allclose(samples, np.repeat(expected[:, None], 3, axis=1), atol=1e-5)
+
+
+def test_numpy_integer_seeds_sample_exactly_like_python_ints(model, images):
+    predictor = MCDropoutPredictor(model)
+    np.testing.assert_array_equal(
+        predictor.sample(images, 4, seed=np.int64(3)), predictor.sample(images, 4, seed=3)
+    )
+    numpy_seeds = [
+        np.int64(1),
+        (np.int64(2), np.int32(0)),
+        np.uint8(5),
+        np.array([7, 1]),
+        [np.int16(4), 2],
+        np.int32(2**31 - 1),
+    ]
+    python_seeds = [1, (2, 0), 5, (7, 1), (4, 2), 2**31 - 1]
+    np.testing.assert_array_equal(
+        predictor.sample(images, 4, image_seeds=numpy_seeds),
+        predictor.sample(images, 4, image_seeds=python_seeds),
+    )
+
+
+def test_seeds_that_are_not_non_negative_integers_are_refused(model, images):
+    predictor = MCDropoutPredictor(model)
+    for seed in (1.5, np.float64(2.0), -1, True, "3"):
+        with pytest.raises(ValueError, match=r"Invalid value for `seed`: expected a non-negative"):
+            predictor.sample(images, 2, seed=seed)
+    with pytest.raises(ValueError, match=r"`seed`: .*received seed=1.5 of type float"):
+        predictor.sample(images, 2, seed=1.5)
+    bad = [1, 2, 3, 4, 5, 6]
+    for position, image_seed in ((2, 0.5), (3, (1, 2.5)), (0, ()), (5, "ab"), (1, (-3,))):
+        seeds = [*bad[:position], image_seed, *bad[position + 1 :]]
+        with pytest.raises(ValueError, match=rf"Invalid value for `image_seeds\[{position}\]`"):
+            predictor.sample(images, 2, image_seeds=seeds)
+    with pytest.raises(ValueError, match=r"`image_seeds\[0\]`"):
+        predictor.sample_each(images, [1] * 6, [0.5, *bad[1:]])

@@ -165,3 +165,11 @@ def test_concurrent_requests_get_their_own_answers(client):
         assert answer["predictions"] == alone[index % 12]["predictions"]
     for old, new in zip(before, bn_statistics(model), strict=True):
         np.testing.assert_array_equal(old, new)
+
+
+def test_the_model_service_runs_blas_on_one_thread(client):
+    from threadpoolctl import threadpool_info
+
+    assert client.get("/readyz").status_code == 200  # the model service has started
+    blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    assert blas and set(blas) == {1}
