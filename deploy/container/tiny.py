@@ -35,7 +35,7 @@ def export_tiny(name: str = NAME, seed: int = 0) -> str:
     config = ModelConfig(num_classes=len(CLASSES), preprocessing=PREPROCESSING, head=HEAD)
     model = build_model(config, base_weights="none")
     rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (40, 32, 32, 3)).astype(np.float32)
+    images = rng.integers(0, 256, (60, 32, 32, 3)).astype(np.float32)  # 6 per class
     embeddings, _ = MCDropoutPredictor(model).forward(preprocess_images(images, PREPROCESSING))
     density = FeatureDensity.fit(embeddings, np.arange(len(images)) % len(CLASSES))
     scores = -density.log_density(embeddings)
