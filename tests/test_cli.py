@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from adapters.images import read_image
 from training.cli import main, nest
-from training.predict import read_image
 
 TINY_FLAGS = [
     "--limit", "100", "--image-size", "32", "32", "--base-weights", "none",
@@ -32,7 +32,7 @@ def test_nest_builds_the_config_tree():
     }
 
 
-def test_train_then_predict_prints_class_probability_variance_and_mi(tmp_path, capsys):
+def test_train_then_predict_prints_every_figure_of_the_answer(tmp_path, capsys):
     code = main(["train", *TINY_FLAGS, "--model-name", "cli_test", "--output-dir", str(tmp_path)])
     assert code == 0
     out = capsys.readouterr().out
@@ -40,16 +40,23 @@ def test_train_then_predict_prints_class_probability_variance_and_mi(tmp_path, c
     assert "test_accuracy" in out
     image = digit_png(tmp_path / "digit.png")
     assert main(["predict", image, "--model", "cli_test:latest", "--seed", "1"]) == 0
-    table = capsys.readouterr().out
-    header, row = table.strip().splitlines()[-2:]
-    for column in ("class", "probability", "variance", "MI"):
-        assert column in header
-    cells = row.split()
-    assert cells[0] == image
-    assert cells[1] in {str(d) for d in range(10)}
-    assert 0.0 < float(cells[2]) <= 1.0  # probability
-    assert float(cells[3]) >= 0.0  # variance
-    assert float(cells[6]) >= 0.0  # mutual information
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("model: cli_test:") and "seed: 1" in lines[0]
+    header, row = lines[1].split(), lines[2].split()
+    assert header == ["image", "class", "confidence", "entropy", "aleatoric", "epistemic",
+                      "uncertain", "ood_score", "ood"]  # fmt: skip
+    figures = dict(zip(header, row, strict=True))
+    assert figures["image"] == image
+    assert figures["class"] in {str(d) for d in range(10)}
+    assert 0.0 < float(figures["confidence"]) <= 1.0
+    assert float(figures["epistemic"]) >= 0.0
+    assert float(figures["entropy"]) >= float(figures["aleatoric"]) - 1e-9
+    assert float(figures["ood_score"]) == float(figures["ood_score"])  # a number: a density
+    per_class = lines[lines.index(f"{image}:") + 2 :]  # after the block's header
+    assert [line.split()[0] for line in per_class] == [str(d) for d in range(10)]
+    probabilities = [float(line.split()[1]) for line in per_class]
+    assert abs(sum(probabilities) - 1.0) < 1e-3  # printed to 4 decimals
+    assert all(float(line.split()[2]) >= 0.0 for line in per_class)  # variances
 
 
 def test_bad_flag_value_exits_2_naming_the_field(tmp_path, capsys):

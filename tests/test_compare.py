@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 from training.cli import main
-from training.compare import EXPERIMENTS
+from training.compare import EXPERIMENTS, plan
 
 
 def test_compare_quick_writes_report_tables_and_plots(tmp_path, capsys):
+    """Also: with output captured (not a terminal) no per-run chatter and no progress bar."""
     output = tmp_path / "compare"
     code = main([
         "compare", "--quick", "--seeds", "2", "--experiments", "optimizers", "clipping",
@@ -27,7 +28,20 @@ def test_compare_quick_writes_report_tables_and_plots(tmp_path, capsys):
     assert "| sgd |" in report and "±" in report
     assert (output / "optimizers.png").stat().st_size > 1000
     assert (output / "clipping.png").stat().st_size > 1000
-    assert "report:" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "report:" in captured.out
+    for text in (captured.out, captured.err):
+        assert "Restoring model weights" not in text  # EarlyStopping, once per run before
+        assert "━" not in text  # the progress bar stays off when stderr is not a terminal
+
+
+def test_plan_lists_every_run_once_in_order():
+    runs = plan(["clipping", "optimizers", "clipping"], [0, 1], quick=True)
+    names = [(experiment, variant, seed) for experiment, variant, _, seed in runs]
+    clipping = [name for name, _ in EXPERIMENTS["clipping"]]
+    assert names[:4] == [("clipping", v, s) for v in clipping for s in (0, 1)]
+    assert len(names) == 8 and len(set(names)) == 8
+    assert len(plan(list(EXPERIMENTS), [0, 1, 2])) == 3 * sum(map(len, EXPERIMENTS.values()))
 
 
 def test_every_experiment_variant_is_a_valid_config():

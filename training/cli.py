@@ -2,12 +2,13 @@
 
 Flags override values from `--config FILE` (YAML or JSON); only flags that are
 given override anything. Bad values exit with status 2 and name the field.
+TensorFlow's start-up logs stay hidden unless `uqserve --verbose COMMAND`; the
+long commands draw progress bars on stderr when it is a terminal (`--quiet`: none).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,11 +17,11 @@ from typing import Any, get_args
 import yaml
 from pydantic import ValidationError
 
+from adapters.quiet import quiet_tensorflow
 from training.config import StrategyName  # light: pydantic and yaml only
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 NONE_WORDS = ("none", "null", "off")
+VERBOSE_HELP = "show TensorFlow's own logs (CUDA, oneDNN, ...), hidden by default"
 
 
 def _optional(kind: type) -> Any:
@@ -119,6 +120,7 @@ def _add_compare(subparsers: Any) -> None:
     quick_help = "tiny version for tests: 100 images, 32x32, 2 epochs, 2 variants"
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--output-report", type=Path, default=Path("reports/compare"))
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_config_flags(parser)
 
 
@@ -141,7 +143,8 @@ def _add_predict(subparsers: Any) -> None:
     parser.add_argument("images", nargs="+", type=Path)
     parser.add_argument("--model", default="uqserve_vgg16:latest", help="model store tag")
     parser.add_argument("--samples", type=int, help="MC dropout samples (default: the model's)")
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--seed", type=int, help="reproduce an answer (default: a fresh seed)")
+    parser.add_argument("--json", action="store_true", help="the service's JSON answer")
 
 
 def _add_evaluate(subparsers: Any) -> None:
@@ -153,11 +156,13 @@ def _add_evaluate(subparsers: Any) -> None:
                         help="extra OOD images (repeatable)")  # fmt: skip
     parser.add_argument("--output", type=Path, default=Path("reports"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The `uqserve` argument parser."""
     parser = argparse.ArgumentParser(prog="uqserve", description=__doc__.splitlines()[0])
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_train(subparsers)
     _add_pretrain(subparsers)
@@ -201,9 +206,12 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from training.predict import format_table, predict_files
 
-    predictions, card = predict_files(args.images, args.model, args.samples, args.seed)
-    print(f"model: {args.model}  samples: {args.samples or card.mc_samples}")
-    print(format_table(predictions))
+    response, card = predict_files(args.images, args.model, args.samples, args.seed)
+    if args.json:
+        print(response.model_dump_json(indent=2))
+        return 0
+    print(f"model: {response.model}  samples: {response.samples}  seed: {response.seed}")
+    print(format_table(response, args.images, card))
     return 0
 
 
@@ -211,7 +219,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate
 
     folder, result = evaluate(
-        args.model, args.output, sorted(args.samples), args.ood_folder, args.seed
+        args.model, args.output, sorted(args.samples), args.ood_folder, args.seed, args.quiet
     )
     for name, row in result.calibration.items():
         figures = "  ".join(f"{m} {row[m]:.4f}" for m in ("accuracy", "nll", "ece"))
@@ -241,7 +249,7 @@ def _compare(args: argparse.Namespace) -> int:
         values = deep_merge(QUICK, values)
     TrainConfig.model_validate(values)  # report bad values before any work
     report = compare(values, args.output_report, list(range(args.seeds)), args.experiments,
-                     quick=args.quick)  # fmt: skip
+                     quick=args.quick, quiet=args.quiet)  # fmt: skip
     print(f"report: {report}")
     return 0
 
@@ -254,8 +262,16 @@ def _describe(error: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def _verbose(argv: Sequence[str] | None) -> bool:
+    """Whether `--verbose` was given, read before `build_parser` (which imports TensorFlow)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--verbose", action="store_true")
+    return parser.parse_known_args(argv)[0].verbose
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `uqserve` console script."""
+    quiet_tensorflow(verbose=_verbose(argv))  # before anything imports TensorFlow
     args = build_parser().parse_args(argv)
     commands = {
         "train": _train,

@@ -15,6 +15,7 @@ from typing import Any
 
 import keras
 import numpy as np
+from rich.progress import Progress
 
 from models.backbone import build_base
 from models.head import build_head
@@ -23,6 +24,7 @@ from training.base_maps import base_maps
 from training.config import TrainConfig, deep_merge
 from training.data import load_dataset, split_dataset
 from training.plots import plot_experiment
+from training.progress import progress_bar
 from training.report import table
 from training.train import fit_on_base_maps
 
@@ -57,6 +59,11 @@ EXPERIMENTS: dict[str, list[tuple[str, dict[str, Any]]]] = {
 }
 
 
+# One planned run: experiment, variant, its config change, seed.
+Run = tuple[str, str, dict[str, Any], int]
+Results = dict[str, dict[str, list[dict[str, Any]]]]  # experiment -> variant -> one per seed
+
+
 @dataclass(frozen=True)
 class Cached:
     """Base features and labels of the three splits."""
@@ -67,15 +74,18 @@ class Cached:
     classes: int
 
 
-def cache_features(config: TrainConfig) -> Cached:
-    """Run the frozen base once over every split."""
+def cache_features(config: TrainConfig, progress: Progress | None = None) -> Cached:
+    """Run the frozen base once over every split (one `progress` task per split)."""
     data = load_dataset(config.data.dataset, config.preprocessing.image_size)
     splits = split_dataset(data, config.data, config.seed)
     base = build_base((*config.preprocessing.image_size, 3), config.base_weights)
-    parts = [
-        (base_maps(base, part, config.preprocessing), part.labels)
-        for part in (splits.train, splits.validation, splits.test)
-    ]
+    named = {"train": splits.train, "val": splits.validation, "test": splits.test}
+    parts = []
+    for name, part in named.items():
+        features = base_maps(
+            base, part, config.preprocessing, progress=progress, description=f"features: {name}"
+        )
+        parts.append((features, part.labels))
     return Cached(*parts, classes=len(data.class_names))
 
 
@@ -100,19 +110,26 @@ def run_once(cached: Cached, config: TrainConfig) -> dict[str, Any]:
     }
 
 
-def run_experiment(
-    cached: Cached, base: dict[str, Any], variants: list[tuple[str, dict]], seeds: list[int]
-) -> dict[str, list[dict[str, Any]]]:
-    """Every variant with every seed."""
-    results = {}
-    for name, change in variants:
-        runs = []
-        for seed in seeds:
-            config = TrainConfig.model_validate(
-                deep_merge(deep_merge(base, change), {"seed": seed})
-            )
-            runs.append(run_once(cached, config))
-        results[name] = runs
+def plan(names: list[str], seeds: list[int], quick: bool = False) -> list[Run]:
+    """Every run of the chosen experiments, in order (`quick`: the first two variants each)."""
+    return [
+        (name, variant, change, seed)
+        for name in dict.fromkeys(names)  # each experiment once, in the order given
+        for variant, change in (EXPERIMENTS[name][:2] if quick else EXPERIMENTS[name])
+        for seed in seeds
+    ]
+
+
+def run_all(cached: Cached, base: dict[str, Any], runs: list[Run], progress: Progress) -> Results:
+    """Every planned run, with one bar over all of them that names the run in progress."""
+    task = progress.add_task("runs", total=len(runs))
+    results: Results = {}
+    for experiment, variant, change, seed in runs:
+        progress.update(task, description=f"{experiment}: {variant}, seed {seed}")
+        config = TrainConfig.model_validate(deep_merge(deep_merge(base, change), {"seed": seed}))
+        results.setdefault(experiment, {}).setdefault(variant, []).append(run_once(cached, config))
+        progress.advance(task)
+    progress.update(task, description="runs")
     return results
 
 
@@ -131,12 +148,18 @@ def summary_rows(results: dict[str, list[dict[str, Any]]]) -> list[list[str]]:
 
 
 def compare(
-    base: dict[str, Any], output: Path, seeds: list[int], names: list[str], quick: bool = False
+    base: dict[str, Any],
+    output: Path,
+    seeds: list[int],
+    names: list[str],
+    quick: bool = False,
+    quiet: bool = False,
 ) -> Path:
     """Run the chosen experiments, write one PNG each, a Markdown report and JSON.
 
     One device only: the heads are small, and replicas would change the batch
-    size and learning rate that the experiments hold fixed.
+    size and learning rate that the experiments hold fixed. A progress bar on
+    stderr (unless `quiet` or not a terminal) counts the features, then the runs.
     """
     config = TrainConfig.model_validate(base)
     if config.strategy != "default":
@@ -144,19 +167,23 @@ def compare(
             "Invalid value for `strategy`: compare runs on one device, expected 'default', "
             f"received strategy={config.strategy!r}"
         )
-    cached = cache_features(config)
+    with progress_bar(quiet) as bar:
+        cached = cache_features(config, bar)
+        results = run_all(cached, base, plan(names, seeds, quick), bar)
+    return write_report(output, config, seeds, results)
+
+
+def write_report(output: Path, config: TrainConfig, seeds: list[int], results: Results) -> Path:
+    """One PNG per experiment, `results.json` and `report.md` (returned) under `output`."""
     output.mkdir(parents=True, exist_ok=True)
     header = ["variant", "best val acc", "epochs to best", "test NLL", "test ECE", "wall s"]
-    sections, everything = [], {}
-    for name in names:
-        variants = EXPERIMENTS[name][:2] if quick else EXPERIMENTS[name]
-        results = run_experiment(cached, base, variants, seeds)
-        plot_experiment(name, results, output / f"{name}.png")
+    sections = []
+    for name, variants in results.items():
+        plot_experiment(name, variants, output / f"{name}.png")
         sections.append(
-            f"## {name}\n\n{table(header, summary_rows(results))}\n\n![{name}]({name}.png)"
+            f"## {name}\n\n{table(header, summary_rows(variants))}\n\n![{name}]({name}.png)"
         )
-        everything[name] = results
-    (output / "results.json").write_text(json.dumps(everything, indent=2))
+    (output / "results.json").write_text(json.dumps(results, indent=2))
     intro = (
         f"# uqserve compare\n\nDataset `{config.data.dataset}`, {len(seeds)} seeds {seeds}, "
         f"up to {config.epochs} epochs, early stopping patience {config.early_stopping_patience}; "

@@ -13,17 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
+from adapters.model_store import StoredModel, update_metadata
 from models.card import ModelCard
 from models.density import FeatureDensity
-from models.mc_dropout import MCDropoutPredictor
 from models.ood import abstention_curve, detection_metrics
 from models.uncertainty import mutual_information, predictive_entropy, summarize
 from training import ood_sets
 from training.config import TrainConfig
-from training.data import load_dataset, split_dataset
-from training.export import load_density, load_exported, resolve_tag, update_metadata
+from training.data import Dataset, load_dataset, split_dataset
 from training.outputs import SplitOutputs, predictor_outputs
 from training.plots import plot_abstention, plot_reliability
+from training.progress import progress_bar
 from training.report import write_report
 
 REJECT = np.round(np.arange(0.0, 0.55, 0.05), 2)
@@ -69,30 +69,50 @@ def _ood_sets(card_seed: int, count: int, folders: list[Path]) -> dict[str, list
     return sets
 
 
-def evaluate(
-    tag: str, output_root: Path, grid: list[int], folders: list[Path], seed: int = 0
-) -> tuple[Path, Evaluation]:
-    """Run every measurement, write the report folder, record headline figures."""
-    tag = resolve_tag(tag)
-    (model, card), density = load_exported(tag), load_density(tag)
-    config = TrainConfig.model_validate(card.training)
+def _stored_and_test_split(tag: str) -> tuple[StoredModel, Dataset]:
+    """The stored model and its own test split, rebuilt from the config saved with it."""
+    stored = StoredModel.open(tag)
+    config = TrainConfig.model_validate(stored.card.training)
     data = load_dataset(config.data.dataset, config.preprocessing.image_size)
-    test = split_dataset(data, config.data, config.seed).test
-    predictor, prep, most = MCDropoutPredictor(model), card.model.preprocessing, max(grid)
-    outputs = predictor_outputs(predictor, test.images, prep, most, seed)
-    result = Evaluation(calibration=calibration(outputs, test.labels, grid))
-    in_scores = ood_scores(outputs, density)
-    for name, images in _ood_sets(seed, len(test.labels), folders).items():
-        out_scores = ood_scores(predictor_outputs(predictor, images, prep, most, seed), density)
-        result.ood[name] = {
-            score: detection_metrics(in_scores[score], out_scores[score]) for score in in_scores
-        }
-    correct = outputs.samples.mean(axis=1).argmax(axis=1) == test.labels
-    for score, values in in_scores.items():
-        result.abstention[score] = abstention_curve(correct, values, REJECT).tolist()
-    folder = output_root / tag.replace(":", "_")  # reports/<name>_<version>
-    _write(folder, tag, card, result, outputs, test.labels, most)
-    update_metadata(tag, "evaluation", headline(result, most))
+    return stored, split_dataset(data, config.data, config.seed).test
+
+
+def evaluate(
+    tag: str,
+    output_root: Path,
+    grid: list[int],
+    folders: list[Path],
+    seed: int = 0,
+    quiet: bool = False,
+) -> tuple[Path, Evaluation]:
+    """Run every measurement, write the report folder, record headline figures.
+
+    Its stages (test split, each OOD set, plots and report) take minutes on a
+    CPU; a bar on stderr steps through them unless `quiet` or not a terminal.
+    """
+    with progress_bar(quiet) as bar:
+        stages = bar.add_task("loading the model", total=5 + len(folders))
+        stored, test = _stored_and_test_split(tag)
+        tag, card, density = stored.tag, stored.card, stored.density()
+        predictor, prep, most = stored.predictor(), card.model.preprocessing, max(grid)
+        bar.update(stages, advance=1, description=f"test split, T={most}")
+        outputs = predictor_outputs(predictor, test.images, prep, most, seed)
+        result = Evaluation(calibration=calibration(outputs, test.labels, grid))
+        in_scores = ood_scores(outputs, density)
+        for name, images in _ood_sets(seed, len(test.labels), folders).items():
+            bar.update(stages, advance=1, description=f"OOD set {name}")
+            out_scores = ood_scores(predictor_outputs(predictor, images, prep, most, seed), density)
+            result.ood[name] = {
+                score: detection_metrics(in_scores[score], out_scores[score]) for score in in_scores
+            }
+        correct = outputs.samples.mean(axis=1).argmax(axis=1) == test.labels
+        for score, values in in_scores.items():
+            result.abstention[score] = abstention_curve(correct, values, REJECT).tolist()
+        bar.update(stages, advance=1, description="plots and report")
+        folder = output_root / tag.replace(":", "_")  # reports/<name>_<version>
+        _write(folder, tag, card, result, outputs, test.labels, most)
+        update_metadata(tag, "evaluation", headline(result, most))
+        bar.advance(stages)
     return folder, result
 
 

@@ -20,8 +20,11 @@ from training.config import TrainConfig
 from training.data import Splits
 from training.distribute import make_strategy, scale_for_replicas
 from training.optimizers import build_optimizer, schedule_callbacks
+from training.progress import progress_bar
 
 LOSS = "sparse_categorical_crossentropy"
+# Callbacks that print on their own ("Restoring model weights from the end of the best epoch").
+CHATTY = (keras.callbacks.EarlyStopping, keras.callbacks.ReduceLROnPlateau)
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -68,6 +71,21 @@ def _callbacks(config: TrainConfig, log_dir: Path | None) -> list[keras.callback
     return callbacks
 
 
+def _quiet_if(
+    verbose: int, callbacks: list[keras.callbacks.Callback]
+) -> list[keras.callbacks.Callback]:
+    """`callbacks`, with the chatty ones silenced when the fit itself is silent (`verbose` 0).
+
+    EarlyStopping and ReduceLROnPlateau print whatever `fit` is told; callers such
+    as `uqserve compare` run many quiet fits and show their own progress instead.
+    """
+    if verbose == 0:
+        for callback in callbacks:
+            if isinstance(callback, CHATTY):
+                callback.verbose = 0
+    return callbacks
+
+
 def build_for(config: TrainConfig, num_classes: int) -> keras.Model:
     """The model a run trains: frozen base (`config.base_weights`) plus the configured head."""
     model_config = ModelConfig(
@@ -87,8 +105,13 @@ def fit_head(
     if not config.cache_features:
         return _fit_on_images(model, splits, config, config.epochs, None, log_dir, verbose)
     base = get_base(model)
-    train_x = base_maps(base, splits.train, config.preprocessing)
-    val_x = base_maps(base, splits.validation, config.preprocessing)
+    with progress_bar(quiet=verbose == 0) as bar:
+        train_x = base_maps(
+            base, splits.train, config.preprocessing, progress=bar, description="features: train"
+        )
+        val_x = base_maps(
+            base, splits.validation, config.preprocessing, progress=bar, description="features: val"
+        )
     return fit_on_base_maps(
         get_head(model), (train_x, splits.train.labels), (val_x, splits.validation.labels),
         config, log_dir, verbose,
@@ -116,7 +139,7 @@ def fit_on_base_maps(
         batch_size=config.batch_size,
         epochs=config.epochs,
         shuffle=True,
-        callbacks=_callbacks(config, log_dir),
+        callbacks=_quiet_if(verbose, _callbacks(config, log_dir)),
         verbose=verbose,
     )
 
@@ -140,7 +163,7 @@ def _fit_on_images(
         validation_data=image_pipeline(splits.validation, config.preprocessing, 256),
         epochs=epochs,
         shuffle=False,  # the pipeline shuffles
-        callbacks=_callbacks(config, log_dir),
+        callbacks=_quiet_if(verbose, _callbacks(config, log_dir)),
         verbose=verbose,
     )
 
