@@ -11,6 +11,9 @@ import pytest
 
 from deploy import processes
 
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(processes.BENTOML).parent
+
 
 @contextmanager
 def served(
