@@ -108,15 +108,19 @@ def bento(tag) -> str:
 
 
 @pytest.fixture(scope="session")
-def server(bento, tag, tmp_path_factory):
-    """The built bento served by `bentoml serve` in a subprocess; yields its base URL."""
+def served_bento(bento, tag, tmp_path_factory):
+    """The built bento served by `bentoml serve` in a subprocess; yields (base URL, its log)."""
     from tests.serving import served
 
-    with served(bento, tag, tmp_path_factory.mktemp("serve"), UQSERVE_MAX_LATENCY_MS="60000") as (
-        base,
-        _,
-    ):
-        yield base
+    workdir = tmp_path_factory.mktemp("serve")
+    with served(bento, tag, workdir, UQSERVE_MAX_LATENCY_MS="60000") as (base, _):
+        yield base, workdir / "serve.log"
+
+
+@pytest.fixture(scope="session")
+def server(served_bento) -> str:
+    """The base URL of `served_bento`."""
+    return served_bento[0]
 
 
 def _untracked_or_changed() -> set[str] | None:

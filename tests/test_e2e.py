@@ -70,6 +70,15 @@ def _metric(text: str, name: str) -> float:
     return sum(values)
 
 
+def test_the_service_log_carries_no_tensorflow_start_up_noise(served_bento):
+    base, log = served_bento
+    assert httpx.get(f"{base}/readyz", timeout=10).status_code == 200  # workers have loaded TF
+    text = log.read_text()
+    assert "uqserve_model" in text or "Starting production" in text, text[-2000:]  # a real log
+    for noise in ("cuInit", "absl::InitializeLog", "cuda drivers", "oneDNN custom operations"):
+        assert noise not in text, noise
+
+
 def test_missing_model_stops_start_up_naming_the_tag_and_the_fix():
     env = {**os.environ, "UQSERVE_MODEL": "no_such_model:latest"}
     done = subprocess.run(
