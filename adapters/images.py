@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
+SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")  # file names looked for in folders
 MAX_PIXELS = 25_000_000  # default limit on width x height: refuses decompression bombs
 _WIDE_GRAY = ("I;16", "I;16B", "I;16L", "I")
 

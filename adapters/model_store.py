@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 from models.card import CARD_KEY, DENSITY_FILE, MODEL_FILE, ModelCard
+from models.config import BaseDtype
 from models.density import FeatureDensity
 from models.mc_dropout import MCDropoutPredictor
 
@@ -86,7 +87,7 @@ class StoredModel:
         """The Keras model, loaded in safe mode."""
         return load_network(self.model_file, self.tag)
 
-    def predictor(self, base_dtype: str = "float32") -> MCDropoutPredictor:
+    def predictor(self, base_dtype: BaseDtype = "float32") -> MCDropoutPredictor:
         """The network wrapped for Monte Carlo dropout."""
         return load_predictor(self.model_file, self.tag, base_dtype)
 
@@ -160,7 +161,9 @@ def load_network(path: str | Path, tag: str) -> keras.Model:
         raise ModelLoadError(f"model {tag!r}: cannot load {path} ({error}); {RETRAIN}") from None
 
 
-def load_predictor(path: str | Path, tag: str, base_dtype: str = "float32") -> MCDropoutPredictor:
+def load_predictor(
+    path: str | Path, tag: str, base_dtype: BaseDtype = "float32"
+) -> MCDropoutPredictor:
     """The Keras model in safe mode, wrapped for Monte Carlo dropout."""
     network = load_network(path, tag)
     try:

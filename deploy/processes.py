@@ -31,23 +31,29 @@ class NotReady(RuntimeError):
     """A service exited during start-up or did not become ready in time; says which."""
 
 
-def free_port() -> int:
-    """A free port below the OS's ephemeral range (32768 and up on Linux).
+def bind_free_port() -> socket.socket:
+    """A TCP socket bound to a free loopback port below the OS's ephemeral range.
 
-    BentoML picks the ports of its inner services with bind(0), from that
-    range; a port taken the same way could be handed to one of them before
-    the server binds it, and the server would fail to start.
+    BentoML picks the ports of its inner services with bind(0), from the
+    ephemeral range (32768 and up on Linux); a port taken the same way could
+    be handed to one of them before the server binds it, and the server
+    would fail to start. So: a random port in 20000-31999.
     """
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20000, 32000)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
+    for port in random.Random().sample(range(20000, 32000), 200):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            sock.close()
+            continue
+        return sock
     raise RuntimeError("no free port between 20000 and 31999")
+
+
+def free_port() -> int:
+    """A free port for a server started next (see `bind_free_port`)."""
+    with bind_free_port() as sock:
+        return sock.getsockname()[1]
 
 
 def serve(
@@ -81,9 +87,7 @@ def wait_ready(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not alive():
-            raise NotReady(
-                f"{url}: the service exited during start-up; its log ends:\n{describe()}"
-            )
+            raise NotReady(f"{url}: the service exited during start-up; {describe()}")
         try:
             with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:
                 if response.status == 200:

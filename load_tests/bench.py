@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from models.architecture import build_model
-from models.config import ModelConfig, PreprocessingConfig
-from models.mc_dropout import BASE_DTYPES, MCDropoutPredictor, naive_mc_samples
+from models.config import BASE_DTYPES, ModelConfig, PreprocessingConfig
+from models.mc_dropout import MCDropoutPredictor, naive_mc_samples
 
 
 def best_time(call: Callable[[], object], repeats: int) -> float:
@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-weights", default=os.environ.get("UQSERVE_BASE_WEIGHTS", "none"))
     parser.add_argument("--output", type=Path, default=Path("reports") / "bench" / "bench.json")
     args = parser.parse_args(argv)
+    args.output = args.output.resolve()  # once: relative to where the command runs
     config = ModelConfig(
         num_classes=10, preprocessing=PreprocessingConfig(image_size=(args.size, args.size))
     )

@@ -29,7 +29,7 @@ from adapters.model_store import StoredModel
 from deploy import processes
 from deploy.container.bento import build_bento
 from load_tests.payloads import SAMPLES
-from models.mc_dropout import BASE_DTYPES
+from models.config import BASE_DTYPES
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -169,7 +169,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     dtype = os.environ.get("UQSERVE_BASE_DTYPE", "float32")
     parser.add_argument("--base-dtype", default=dtype, choices=BASE_DTYPES)
     parser.add_argument("--inprocess-seconds", type=float, default=20.0, help="0: skip")
-    parser.add_argument("--output", type=Path, default=ROOT / "reports" / "loadtest")
+    parser.add_argument("--output", type=Path, default=Path("reports") / "loadtest")
     args = parser.parse_args(argv)
     args.output = args.output.resolve()
     args.output.mkdir(parents=True, exist_ok=True)

@@ -212,7 +212,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=duration, help="default: min(2m, 20%% of --duration)")
     parser.add_argument("--window", type=int, default=5, help="samples per median (default 5)")
     parser.add_argument("--max-growth", type=float, default=5.0, help="percent (default 5)")
-    parser.add_argument("--output", type=Path, default=ROOT / "reports" / "soak")
+    parser.add_argument("--output", type=Path, default=Path("reports") / "soak")
     args = parser.parse_args(argv)
     args.output = args.output.resolve()
     args.run_s = seconds_of(args.duration)

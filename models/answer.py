@@ -14,9 +14,10 @@ depend on what else was in its batch.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from models import uncertainty
 from models.card import ModelCard
@@ -24,6 +25,8 @@ from models.density import FeatureDensity
 from models.mc_dropout import ImageSeed, MCDropoutPredictor
 
 MAX_SEED = 2**53 - 1  # largest request seed: the service's job rows carry seeds in float64
+Samples = Annotated[StrictInt, Field(ge=1, description="Monte Carlo dropout samples.")]
+Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED, description="Makes sampling reproducible.")]
 
 
 class ImagePrediction(BaseModel):
@@ -73,12 +76,13 @@ def sample_and_score(
     """Preprocessed images (B, H, W, 3) -> per-image samples [(T_i, C)] and OOD scores (B,).
 
     The deterministic part runs once; the OOD score (NaN without a density)
-    comes from the same pass's embeddings, at no extra cost.
+    comes from the same pass's embeddings, at no extra cost. Scores are
+    float32, as the service's job rows carry them, so every caller rounds alike.
     """
     draws, embeddings = predictor.sample_each(images, samples, streams)  # [(T_i, C)], (B, D)
     if density is None:
-        return draws, np.full(len(images), np.nan)
-    return draws, -density.log_density(embeddings)
+        return draws, np.full(len(images), np.nan, dtype=np.float32)
+    return draws, (-density.log_density(embeddings)).astype(np.float32)
 
 
 def build_answers(

@@ -6,7 +6,7 @@ be rebuilt, and served with the exact preprocessing it was trained with.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -14,6 +14,8 @@ Activation = Literal["relu", "leaky_relu", "elu", "selu", "gelu"]
 Initializer = Literal["glorot_uniform", "glorot_normal", "he_normal", "he_uniform", "lecun_normal"]
 Regularizer = Literal["none", "l1", "l2", "l1_l2"]
 Pooling = Literal["avg", "max", "flatten"]
+BaseDtype = Literal["float32", "bfloat16", "float16"]  # what the frozen base may compute in
+BASE_DTYPES: tuple[str, ...] = get_args(BaseDtype)
 
 
 class Frozen(BaseModel):

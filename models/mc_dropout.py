@@ -37,13 +37,13 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import Literal, get_args
 
 import keras
 import numpy as np
 from keras import ops
 
 from models.architecture import get_base, get_head
+from models.config import BASE_DTYPES, BaseDtype
 from models.density import pool
 
 
@@ -88,8 +88,6 @@ def _check_head(layers: Sequence[keras.layers.Layer]) -> None:
 
 
 ImageSeed = int | np.integer | Sequence[int | np.integer]
-BaseDtype = Literal["float32", "bfloat16", "float16"]  # what the frozen base may compute in
-BASE_DTYPES: tuple[str, ...] = get_args(BaseDtype)
 
 
 def _seed_int(value: object, argument: str) -> int:
@@ -141,7 +139,7 @@ class MCDropoutPredictor:
     """Samples class probabilities (B, T, C) from a model built by `build_model`."""
 
     def __init__(
-        self, model: keras.Model, batch_size: int = 32, base_dtype: str = "float32"
+        self, model: keras.Model, batch_size: int = 32, base_dtype: BaseDtype = "float32"
     ) -> None:
         if batch_size < 1:
             raise ValueError(

@@ -45,16 +45,25 @@ def _to_rgb(images: Any, alpha_background: float) -> Any:
     )
 
 
+def rgb_at_size(images: Any, config: PreprocessingConfig) -> Any:
+    """Same-sized images -> RGB at the model's size (B, H, W, 3), pixels still in [0, 255].
+
+    The first half of `preprocess_batch`: grayscale repeated, RGBA composited
+    on `alpha_background`, resized with antialiasing. Image folders are
+    loaded through it, so training sees each file as serving does.
+    """
+    rgb = _to_rgb(images, config.alpha_background)
+    return ops.image.resize(
+        rgb, config.image_size, interpolation=config.interpolation, antialias=True
+    )
+
+
 def preprocess_batch(images: Any, config: PreprocessingConfig) -> Any:
     """A batch of same-sized images -> network input (B, H, W, 3), as a backend tensor.
 
     Works eagerly and inside a `tf.data` map, so training can preprocess on the fly.
     """
-    rgb = _to_rgb(images, config.alpha_background)
-    resized = ops.image.resize(
-        rgb, config.image_size, interpolation=config.interpolation, antialias=True
-    )
-    return keras.applications.vgg16.preprocess_input(resized)
+    return keras.applications.vgg16.preprocess_input(rgb_at_size(images, config))
 
 
 GROUP_PIXELS = 2**22  # most input pixels preprocessed in one call: bounds peak memory

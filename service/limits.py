@@ -204,10 +204,10 @@ class RequestLimits:
         if declared is not None and not declared.isdigit():
             return 400, "Content-Length: not a number of bytes"
         if declared is not None and int(declared) > self.max_bytes:
-            return 413, self._too_big(f"{int(declared)} bytes")
+            return 413, self.too_big(f"{int(declared)} bytes")
         return None
 
-    def _too_big(self, size: str) -> str:
+    def too_big(self, size: str) -> str:
         """The 413 message: what was received and the limit."""
         return f"request body: {size} exceeds the limit of {self.max_bytes} bytes"
 
@@ -228,7 +228,7 @@ class _Guard:
         chunk = message.get("body", b"")
         self.size += len(chunk)
         if self.size > self.limits.max_bytes:
-            too_big = self.limits._too_big("more bytes than allowed")
+            too_big = self.limits.too_big("more bytes than allowed")
             return await self._refuse(413, too_big, message)
         try:
             if self.form is not None:

@@ -6,18 +6,16 @@ its builder in `models.answer`, which `uqserve predict` uses too.
 
 from __future__ import annotations
 
-from typing import Annotated, Union
+from typing import Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
-from models.answer import MAX_SEED, ImagePrediction, PredictionResponse
+from models.answer import ImagePrediction, PredictionResponse, Samples, Seed
 
 Pixel = Union[StrictInt, StrictFloat]  # noqa: UP007 (pydantic needs a runtime union here)
 PixelArray = Union[  # noqa: UP007
     list[list[Pixel]], list[list[list[Pixel]]], list[list[list[list[Pixel]]]]
 ]
-Samples = Annotated[StrictInt, Field(ge=1, description="Monte Carlo dropout samples.")]
-Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED, description="Makes sampling reproducible.")]
 
 
 class ArrayRequest(BaseModel):

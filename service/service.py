@@ -1,15 +1,14 @@
 """The uqserve BentoML services.
 
-`ApiService` (HTTP-facing): validation, decoding, preprocessing, uncertainty
-statistics, response. `ModelService`: holds the Keras model and samples MC
+`ApiService` (HTTP-facing): validation, decoding, preprocessing, the answer
+(`models.answer`). `ModelService`: holds the Keras model and samples MC
 dropout with adaptive batching (a sync API: Keras blocks). Both are thin
-shells over `models/`.
+shells over `models/` and `adapters/`.
 
 The API service's endpoints are async: decoding and preprocessing (blocking,
 Keras) run in worker threads via `anyio.to_thread`, and the model service is
-awaited with `to_async`. The sync alternative (sync APIs calling the model
-service's sync client from a thread pool) was measured too; both lose requests
-to a BentoML 1.4.40 client bug unless retried (see `ApiService._sample`).
+awaited with `to_async`, its idempotent call retried on a dropped connection
+(BentoML 1.4.40's client; see `ApiService._sample`).
 
     bentoml serve service.service:ApiService      # from source
     bentoml serve uqserve:latest                  # from a built bento

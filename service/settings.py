@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adapters.images import MAX_PIXELS
-from models.mc_dropout import BaseDtype
+from models.config import BaseDtype
 
 ENV_PREFIX = "UQSERVE_"
 
@@ -50,7 +50,7 @@ class ServiceSettings(BaseModel):
         "float32",
         description="What the frozen base computes in (Keras mixed precision). bfloat16 is "
         "much faster on CPUs with AVX512_BF16 or AMX and on GPUs, slower elsewhere; "
-        "see README, Performance.",
+        "see docs/performance.md, Mixed precision.",
     )
 
     @model_validator(mode="after")

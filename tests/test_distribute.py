@@ -178,9 +178,10 @@ def _digit_splits() -> Any:
     """64 training digits (whole global batches), 32 validation, 32 test, at 32x32."""
     import numpy as np
 
+    from models.config import PreprocessingConfig
     from training.data import Splits, load_dataset
 
-    data = load_dataset("digits", (32, 32))
+    data = load_dataset("digits", PreprocessingConfig(image_size=(32, 32)))
     parts = (slice(0, 64), slice(64, 96), slice(96, 128))
     index = np.arange(len(data.labels))
     return Splits(*(data.subset(index[part]) for part in parts))

@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from deploy.processes import free_port
+from deploy.processes import BENTOML, free_port
 from tests.service_helpers import png
-from tests.serving import BIN, ROOT
+from tests.serving import ROOT
 
 pytestmark = pytest.mark.e2e
 
@@ -102,7 +102,7 @@ def test_corrupt_model_file_stops_start_up_naming_the_file(tag):
         handle.truncate(1000)  # a download cut short
     env = {**os.environ, "UQSERVE_MODEL": broken}
     done = subprocess.run(
-        [str(BIN / "bentoml"), "serve", "service.service:ApiService", "--port", str(free_port())],
+        [BENTOML, "serve", "service.service:ApiService", "--port", str(free_port())],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode != 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import random
 import select
 import socket
 import threading
@@ -23,6 +22,7 @@ from collections.abc import Iterator
 import pytest
 import uvicorn
 
+from deploy.processes import bind_free_port
 from service.limits import Drain, RequestLimits
 
 # The roomy server: 8 MB of body, a 32 MB drain bound. Its bodies are well past what the kernel
@@ -52,23 +52,10 @@ async def echo_length(scope, receive, send):
     await send({"type": "http.response.body", "body": answer})
 
 
-def _bind() -> socket.socket:
-    """A socket bound to a free loopback port in 20000-31999."""
-    for port in random.sample(range(20000, 32000), 100):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            sock.close()
-            continue
-        return sock
-    raise RuntimeError("no free port in 20000-31999")
-
-
 @contextlib.contextmanager
 def _serve(app: RequestLimits) -> Iterator[int]:
     """Run `app` under uvicorn (h11, as BentoML runs it) in a thread; yield its port."""
-    sock = _bind()
+    sock = bind_free_port()  # kept bound: no other process can take it meanwhile
     config = uvicorn.Config(
         app,
         lifespan="off",

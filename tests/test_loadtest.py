@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STAMP = ".venv/.installed"  # the Makefile's install stamp: never reinstall from a test
+VENV = Path(sys.prefix)  # the environment running the tests, as the Makefile's VENV
 
 pytestmark = pytest.mark.e2e
 
@@ -20,7 +21,8 @@ pytestmark = pytest.mark.e2e
 def test_make_bench_runs_on_a_short_budget_with_no_failed_request(tag, bento, tmp_path):
     output = Path(os.path.relpath(tmp_path / "bench", ROOT))  # relative, as in the Makefile
     command = [
-        "make", "-o", STAMP, "bench", f"MODEL={tag}", f"BENTO={bento}", f"BENCH_OUTPUT={output}",
+        "make", "-o", str(VENV / ".installed"), "bench", f"VENV={VENV}", f"MODEL={tag}",
+        f"BENTO={bento}", f"BENCH_OUTPUT={output}",
         "BENCH_ARGS=--size 32 --samples 2 --batches 1 2 --repeats 1 --naive-passes 1 "
         "--base-weights none",
         "USERS=4", "SPAWN_RATE=4", "DURATION=15s", "LOADTEST_ARGS=--inprocess-seconds 3",

@@ -12,6 +12,7 @@ from adapters.model_store import ModelNotFoundError, StoredModel, export_model
 from models.architecture import get_base, get_head
 from models.backbone import BaseWeightsError, build_base
 from models.mc_dropout import MCDropoutPredictor
+from tests.conftest import TINY as PREP  # 32x32 preprocessing
 from tests.conftest import bn_statistics
 from training.config import Optimizer, Schedule, TrainConfig
 from training.data import DatasetError, load_dataset, split_dataset
@@ -41,7 +42,7 @@ def tiny_config(**values: typing.Any) -> TrainConfig:
 @pytest.fixture(scope="module")
 def splits():
     config = tiny_config()
-    return split_dataset(load_dataset("digits", (32, 32)), config.data, config.seed)
+    return split_dataset(load_dataset("digits", PREP), config.data, config.seed)
 
 
 def test_split_is_stratified_and_disjoint(splits):
@@ -218,7 +219,7 @@ def test_missing_weights_file_is_named():
 
 def test_unknown_dataset_names_the_choices():
     with pytest.raises(DatasetError, match="digits"):
-        load_dataset("imagenet-21k", (32, 32))
+        load_dataset("imagenet-21k", PREP)
 
 
 def test_folder_of_class_subfolders_is_a_dataset(tmp_path):
@@ -230,10 +231,36 @@ def test_folder_of_class_subfolders_is_a_dataset(tmp_path):
         for i in range(3):
             pixels = rng.integers(0, 256, (20, 30, 3)).astype(np.uint8)
             Image.fromarray(pixels).save(tmp_path / name / f"{i}.png")
-    dataset = load_dataset(str(tmp_path), (32, 32))
+    dataset = load_dataset(str(tmp_path), PREP)
     assert dataset.class_names == ("cat", "dog")
     assert dataset.images.shape == (6, 32, 32, 3)
     assert sorted(dataset.labels.tolist()) == [0, 0, 0, 1, 1, 1]
+
+
+def test_a_folder_is_decoded_and_sized_as_serving_does(tmp_path):
+    """16-bit, palette with transparency, RGBA, CMYK: training sees what serving makes of each."""
+    from PIL import Image
+
+    from adapters.images import read_image
+    from models.preprocessing import preprocess_batch, preprocess_images
+
+    rng = np.random.default_rng(1)
+    images = {
+        "gray16.png": Image.fromarray(rng.integers(0, 65536, (20, 30)).astype(np.uint16)),
+        "palette.png": Image.fromarray(rng.integers(0, 256, (25, 20, 3), np.uint8)).convert("P"),
+        "rgba.png": Image.fromarray(rng.integers(0, 256, (40, 40, 4), np.uint8)),
+        "cmyk.jpg": Image.fromarray(rng.integers(0, 256, (30, 30, 4), np.uint8), mode="CMYK"),
+    }
+    (tmp_path / "only").mkdir()
+    for name, image in images.items():
+        options = {"transparency": 0} if name == "palette.png" else {}
+        image.save(tmp_path / "only" / name, **options)
+    dataset = load_dataset(str(tmp_path), PREP)
+    files = sorted((tmp_path / "only").iterdir())
+    served = preprocess_images([read_image(f) for f in files], PREP)  # what the service feeds
+    trained = np.asarray(preprocess_batch(dataset.images, PREP))  # what training feeds
+    np.testing.assert_allclose(trained, served, atol=1e-3)
+    assert dataset.images[[f.name for f in files].index("gray16.png")].max() > 200  # not clipped
 
 
 def test_keras_dataset_offline_fails_with_the_alternatives(tmp_path, monkeypatch):
@@ -241,4 +268,4 @@ def test_keras_dataset_offline_fails_with_the_alternatives(tmp_path, monkeypatch
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
     monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
     with pytest.raises(DatasetError, match="digits"):
-        load_dataset("mnist", (32, 32))
+        load_dataset("mnist", PREP)

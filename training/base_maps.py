@@ -20,7 +20,7 @@ def base_maps(
     batch_size: int = 64,
     *,
     progress: Progress | None = None,
-    description: str = "base features",
+    description: str = "base maps",
 ) -> np.ndarray:
     """The frozen base's output for every image, computed once (feature caching).
 

@@ -18,6 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from adapters.quiet import quiet_tensorflow
+from models.config import BaseDtype  # light: pydantic only
 from training.config import StrategyName  # light: pydantic and yaml only
 
 NONE_WORDS = ("none", "null", "off")
@@ -145,6 +146,8 @@ def _add_predict(subparsers: Any) -> None:
     parser.add_argument("--samples", type=int, help="MC dropout samples (default: the model's)")
     parser.add_argument("--seed", type=int, help="reproduce an answer (default: a fresh seed)")
     parser.add_argument("--json", action="store_true", help="the service's JSON answer")
+    parser.add_argument("--base-dtype", choices=get_args(BaseDtype), default="float32",
+                        help="what the base computes in, as UQSERVE_BASE_DTYPE")  # fmt: skip
 
 
 def _add_evaluate(subparsers: Any) -> None:
@@ -206,7 +209,9 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from training.predict import format_table, predict_files
 
-    response, card = predict_files(args.images, args.model, args.samples, args.seed)
+    response, card = predict_files(
+        args.images, args.model, args.samples, args.seed, args.base_dtype
+    )
     if args.json:
         print(response.model_dump_json(indent=2))
         return 0
@@ -255,7 +260,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _describe(error: ValidationError) -> str:
-    lines = [f"Invalid configuration ({error.error_count()} problem(s)):"]
+    lines = [f"Invalid values ({error.error_count()} problem(s)):"]
     for item in error.errors():
         field = ".".join(str(part) for part in item["loc"]) or "config"
         lines.append(f"  {field}: {item['msg']} (received {item.get('input')!r})")

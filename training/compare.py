@@ -1,6 +1,6 @@
 """`uqserve compare`: the chapter's exercises as controlled experiments.
 
-The frozen base runs once per image (cached features); every run then trains
+The frozen base runs once per image (its feature maps cached); every run then trains
 only a head, so the whole default suite fits in minutes on a CPU. Each variant
 runs with several fixed seeds; tables report mean ± std.
 """
@@ -66,7 +66,7 @@ Results = dict[str, dict[str, list[dict[str, Any]]]]  # experiment -> variant ->
 
 @dataclass(frozen=True)
 class Cached:
-    """Base features and labels of the three splits."""
+    """The base's feature maps and the labels of the three splits."""
 
     train: tuple[np.ndarray, np.ndarray]
     validation: tuple[np.ndarray, np.ndarray]
@@ -76,16 +76,16 @@ class Cached:
 
 def cache_features(config: TrainConfig, progress: Progress | None = None) -> Cached:
     """Run the frozen base once over every split (one `progress` task per split)."""
-    data = load_dataset(config.data.dataset, config.preprocessing.image_size)
+    data = load_dataset(config.data.dataset, config.preprocessing)
     splits = split_dataset(data, config.data, config.seed)
     base = build_base((*config.preprocessing.image_size, 3), config.base_weights)
     named = {"train": splits.train, "val": splits.validation, "test": splits.test}
     parts = []
     for name, part in named.items():
-        features = base_maps(
-            base, part, config.preprocessing, progress=progress, description=f"features: {name}"
+        maps = base_maps(
+            base, part, config.preprocessing, progress=progress, description=f"base maps: {name}"
         )
-        parts.append((features, part.labels))
+        parts.append((maps, part.labels))
     return Cached(*parts, classes=len(data.class_names))
 
 
@@ -159,7 +159,7 @@ def compare(
 
     One device only: the heads are small, and replicas would change the batch
     size and learning rate that the experiments hold fixed. A progress bar on
-    stderr (unless `quiet` or not a terminal) counts the features, then the runs.
+    stderr (unless `quiet` or not a terminal) counts the base maps, then the runs.
     """
     config = TrainConfig.model_validate(base)
     if config.strategy != "default":
@@ -187,7 +187,7 @@ def write_report(output: Path, config: TrainConfig, seeds: list[int], results: R
     intro = (
         f"# uqserve compare\n\nDataset `{config.data.dataset}`, {len(seeds)} seeds {seeds}, "
         f"up to {config.epochs} epochs, early stopping patience {config.early_stopping_patience}; "
-        "heads trained on cached features of the frozen base. Mean ± std over seeds.\n"
+        "heads trained on cached feature maps of the frozen base. Mean ± std over seeds.\n"
     )
     report = output / "report.md"
     report.write_text(intro + "\n" + "\n\n".join(sections) + "\n")

@@ -10,7 +10,11 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from training.config import DataConfig
+from adapters.images import SUFFIXES, read_image
+from models.card import ModelCard
+from models.config import PreprocessingConfig
+from models.preprocessing import rgb_at_size
+from training.config import DataConfig, TrainConfig
 
 FASHION_MNIST_CLASSES = (
     "t-shirt", "trouser", "pullover", "dress", "coat",
@@ -73,21 +77,28 @@ def _keras_dataset(name: str) -> Dataset:
     return Dataset(images, labels, names.get(name, CIFAR10_CLASSES))
 
 
-def _folder(path: Path, image_size: tuple[int, int]) -> Dataset:
-    """One sub-folder per class (`image_dataset_from_directory`), resized at load."""
-    dataset = keras.utils.image_dataset_from_directory(
-        path, labels="inferred", batch_size=None, image_size=image_size, shuffle=False
-    )
-    images, labels = [], []
-    for image, label in dataset.as_numpy_iterator():
-        images.append(image)
-        labels.append(label)
-    if not images:
-        raise DatasetError(f"No images found under {path}")
-    return Dataset(np.stack(images), np.asarray(labels, np.int64), tuple(dataset.class_names))
+def _folder(path: Path, preprocessing: PreprocessingConfig) -> Dataset:
+    """One sub-folder per class (`image_dataset_from_directory` layout, class names sorted).
+
+    Each file is decoded by the service's own decoder (`adapters.images`: EXIF
+    orientation, 16-bit, CMYK, palette, first frame) and brought to the
+    model's size by the first half of the shared preprocessing, so a model is
+    trained on exactly what serving makes of the same file.
+    """
+    classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    files = [(f, label) for label, name in enumerate(classes)
+             for f in sorted((path / name).rglob("*")) if f.suffix.lower() in SUFFIXES]  # fmt: skip
+    if not files:
+        raise DatasetError(f"No images ({', '.join(SUFFIXES)}) in class sub-folders of {path}")
+    images = [
+        keras.ops.convert_to_numpy(rgb_at_size(read_image(f)[None], preprocessing))[0]
+        for f, _ in files
+    ]
+    labels = np.array([label for _, label in files], np.int64)
+    return Dataset(np.stack(images).astype(np.float32), labels, tuple(classes))
 
 
-def load_dataset(name: str, image_size: tuple[int, int]) -> Dataset:
+def load_dataset(name: str, preprocessing: PreprocessingConfig) -> Dataset:
     """A dataset by name (digits, mnist, fashion_mnist, cifar10) or folder path."""
     if name == "digits":
         return _digits()
@@ -95,7 +106,7 @@ def load_dataset(name: str, image_size: tuple[int, int]) -> Dataset:
         return _keras_dataset(name)
     path = Path(name).expanduser()
     if path.is_dir():
-        return _folder(path, image_size)
+        return _folder(path, preprocessing)
     raise DatasetError(
         f"Invalid value for `dataset`: expected digits, {', '.join(KERAS_DATASETS)} or a folder "
         f"of class sub-folders, received dataset={name!r}"
@@ -118,3 +129,14 @@ def split_dataset(dataset: Dataset, config: DataConfig, seed: int) -> Splits:
     val_share = config.validation_fraction / (1.0 - config.test_fraction)
     train, validation = _stratified(remaining.labels, val_share, seed)
     return Splits(remaining.subset(train), remaining.subset(validation), dataset.subset(test))
+
+
+def held_out_split(card: ModelCard) -> Dataset:
+    """An exported model's own test split, rebuilt from the training config saved with it.
+
+    The split is seeded and stratified, so it is exactly the one training
+    held out: `uqserve evaluate` and the precision check measure on it.
+    """
+    config = TrainConfig.model_validate(card.training)
+    data = load_dataset(config.data.dataset, config.preprocessing)
+    return split_dataset(data, config.data, config.seed).test

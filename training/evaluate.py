@@ -19,8 +19,7 @@ from models.density import FeatureDensity
 from models.ood import abstention_curve, detection_metrics
 from models.uncertainty import mutual_information, predictive_entropy, summarize
 from training import ood_sets
-from training.config import TrainConfig
-from training.data import Dataset, load_dataset, split_dataset
+from training.data import held_out_split
 from training.outputs import SplitOutputs, predictor_outputs
 from training.plots import plot_abstention, plot_reliability
 from training.progress import progress_bar
@@ -69,14 +68,6 @@ def _ood_sets(card_seed: int, count: int, folders: list[Path]) -> dict[str, list
     return sets
 
 
-def _stored_and_test_split(tag: str) -> tuple[StoredModel, Dataset]:
-    """The stored model and its own test split, rebuilt from the config saved with it."""
-    stored = StoredModel.open(tag)
-    config = TrainConfig.model_validate(stored.card.training)
-    data = load_dataset(config.data.dataset, config.preprocessing.image_size)
-    return stored, split_dataset(data, config.data, config.seed).test
-
-
 def evaluate(
     tag: str,
     output_root: Path,
@@ -92,7 +83,8 @@ def evaluate(
     """
     with progress_bar(quiet) as bar:
         stages = bar.add_task("loading the model", total=5 + len(folders))
-        stored, test = _stored_and_test_split(tag)
+        stored = StoredModel.open(tag)
+        test = held_out_split(stored.card)
         tag, card, density = stored.tag, stored.card, stored.density()
         predictor, prep, most = stored.predictor(), card.model.preprocessing, max(grid)
         bar.update(stages, advance=1, description=f"test split, T={most}")

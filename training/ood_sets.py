@@ -7,9 +7,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.datasets import load_sample_images
 
-from adapters.images import read_image
-
-SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+from adapters.images import SUFFIXES, read_image
 
 
 def photo_crops(count: int, seed: int) -> list[np.ndarray]:

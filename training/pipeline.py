@@ -80,7 +80,7 @@ def run_training(config: TrainConfig, verbose: int = 1) -> TrainResult:
     anything. On multi_worker only the chief exports (the others return tag None).
     """
     strategy = make_strategy(config.strategy)
-    data = load_dataset(config.data.dataset, config.preprocessing.image_size)
+    data = load_dataset(config.data.dataset, config.preprocessing)
     splits = split_dataset(data, config.data, config.seed)
     run_dir = _run_dir(config)
     model, history = train_model(config, splits, run_dir / "tensorboard", verbose, strategy)

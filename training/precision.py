@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from adapters.model_store import StoredModel
-from models.mc_dropout import BASE_DTYPES
+from models.config import BASE_DTYPES
+from models.mc_dropout import MCDropoutPredictor
 from models.uncertainty import summarize
-from training.config import TrainConfig
-from training.data import load_dataset, split_dataset
+from training.data import held_out_split
 from training.outputs import SplitOutputs, predictor_outputs
 
 
@@ -30,13 +30,11 @@ def answers(
     stored: StoredModel, dtypes: list[str], samples: int, seed: int
 ) -> tuple[dict, np.ndarray]:
     """{dtype: (outputs, OOD scores)} on the test split, and its labels."""
-    card, density = stored.card, stored.density()
-    config = TrainConfig.model_validate(card.training)
-    data = load_dataset(config.data.dataset, config.preprocessing.image_size)
-    test = split_dataset(data, config.data, config.seed).test
+    card, density, network = stored.card, stored.density(), stored.network()
+    test = held_out_split(card)
     result = {}
     for dtype in dtypes:
-        predictor = stored.predictor(dtype)
+        predictor = MCDropoutPredictor(network, base_dtype=dtype)
         outputs = predictor_outputs(predictor, test.images, card.model.preprocessing, samples, seed)
         scores = None if density is None else -density.log_density(outputs.embeddings)
         result[dtype] = (outputs, scores)
@@ -65,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=Path("reports") / "precision")
     args = parser.parse_args(argv)
+    args.output = args.output.resolve()  # once: relative to where the command runs
     stored = StoredModel.open(args.model)
     tag = stored.tag
     result, labels = answers(stored, ["float32", args.base_dtype], args.samples, args.seed)

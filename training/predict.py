@@ -12,32 +12,49 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from adapters.images import read_image
 from adapters.model_store import StoredModel
-from models.answer import MAX_SEED, PredictionResponse, build_answers, random_seed, sample_and_score
+from models.answer import (
+    PredictionResponse,
+    Samples,
+    Seed,
+    build_answers,
+    random_seed,
+    sample_and_score,
+)
 from models.card import ModelCard
+from models.config import BaseDtype
 from models.preprocessing import Preprocessor
 
 
+class PredictOptions(BaseModel):
+    """`--samples` and `--seed`, under the very field rules the service applies."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    samples: Samples | None = None
+    seed: Seed | None = None
+
+
 def predict_files(
-    paths: list[Path], tag: str, samples: int | None = None, seed: int | None = None
+    paths: list[Path],
+    tag: str,
+    samples: int | None = None,
+    seed: int | None = None,
+    base_dtype: BaseDtype = "float32",
 ) -> tuple[PredictionResponse, ModelCard]:
-    """The answer to these files, as `POST /predict` gives it (the model card's defaults),
-    and the model's card."""
+    """The answer to these files, as `POST /predict` gives it (the model card's defaults,
+    the service's field rules for `samples` and `seed`), and the model's card."""
+    options = PredictOptions(samples=samples, seed=seed)  # exits 2 naming the flag if bad
     stored = StoredModel.open(tag)
-    samples = samples or stored.card.mc_samples
-    if samples < 1:
-        raise ValueError(f"Invalid value for `samples`: expected >= 1, received samples={samples}")
-    if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise ValueError(
-            f"Invalid value for `seed`: expected 0 to {MAX_SEED}, received seed={seed}"
-        )
-    seed = random_seed() if seed is None else seed
+    samples = stored.card.mc_samples if options.samples is None else options.samples
+    seed = random_seed() if options.seed is None else options.seed
     images = Preprocessor(stored.card.model.preprocessing)([read_image(p) for p in paths])
     streams = [(seed, index) for index in range(len(paths))]
     draws, scores = sample_and_score(
-        stored.predictor(), stored.density(), images, [samples] * len(paths), streams
+        stored.predictor(base_dtype), stored.density(), images, [samples] * len(paths), streams
     )
     predictions = build_answers(np.stack(draws), scores, stored.card)  # draws: (n, T, C)
     response = PredictionResponse(

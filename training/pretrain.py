@@ -62,7 +62,7 @@ def build_autoencoder(encoder: keras.Model, noise_stddev: float) -> keras.Model:
 
 def _inputs(config: PretrainConfig) -> np.ndarray:
     """Preprocessed images scaled by 1/SCALE; labels are discarded."""
-    images = load_dataset(config.dataset, config.preprocessing.image_size).images
+    images = load_dataset(config.dataset, config.preprocessing).images
     if config.limit is not None:
         images = np.random.default_rng(config.seed).permutation(images)[: config.limit]
     chunks = [

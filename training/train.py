@@ -100,17 +100,21 @@ def fit_head(
     """Phase 1: only the head learns; the base stays frozen.
 
     With `cache_features` the base runs once per image and the head trains on
-    the cached features; otherwise images flow through the whole model each epoch.
+    its cached feature maps; otherwise images flow through the whole model each epoch.
     """
     if not config.cache_features:
         return _fit_on_images(model, splits, config, config.epochs, None, log_dir, verbose)
     base = get_base(model)
     with progress_bar(quiet=verbose == 0) as bar:
         train_x = base_maps(
-            base, splits.train, config.preprocessing, progress=bar, description="features: train"
+            base, splits.train, config.preprocessing, progress=bar, description="maps: train"
         )
         val_x = base_maps(
-            base, splits.validation, config.preprocessing, progress=bar, description="features: val"
+            base,
+            splits.validation,
+            config.preprocessing,
+            progress=bar,
+            description="maps: val",
         )
     return fit_on_base_maps(
         get_head(model), (train_x, splits.train.labels), (val_x, splits.validation.labels),
@@ -126,7 +130,7 @@ def fit_on_base_maps(
     log_dir: Path | None,
     verbose: int,
 ) -> keras.callbacks.History:
-    """Train a head on cached base features (features, labels) with the run's optimizer.
+    """Train a head on the base's cached feature maps (maps, labels) with the run's optimizer.
 
     Under a strategy, call it inside `strategy.scope()` (as `train_model` does) with
     the head built there; `batch_size` is then the global batch, split across replicas.
