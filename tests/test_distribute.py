@@ -175,14 +175,15 @@ def _two_logical_cpus() -> list[str]:
 
 
 def _digit_splits() -> Any:
-    """64 training digits (whole global batches), 32 validation, 32 test, at 32x32."""
+    """64 training digits (whole global batches), 32 each for validation, calibration and
+    test, at 32x32."""
     import numpy as np
 
     from models.config import PreprocessingConfig
     from training.data import Splits, load_dataset
 
     data = load_dataset("digits", PreprocessingConfig(image_size=(32, 32)))
-    parts = (slice(0, 64), slice(64, 96), slice(96, 128))
+    parts = (slice(0, 64), slice(64, 96), slice(96, 128), slice(128, 160))
     index = np.arange(len(data.labels))
     return Splits(*(data.subset(index[part]) for part in parts))
 

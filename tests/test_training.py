@@ -46,11 +46,22 @@ def splits():
 
 
 def test_split_is_stratified_and_disjoint(splits):
-    sizes = [len(part.labels) for part in (splits.train, splits.validation, splits.test)]
+    parts = (splits.train, splits.validation, splits.calibration, splits.test)
+    sizes = [len(part.labels) for part in parts]
     assert sum(sizes) == 100
-    for part in (splits.train, splits.validation, splits.test):
+    assert np.abs(np.array(sizes) - [60, 10, 15, 15]).max() <= 1  # the default fractions
+    for part in parts:
         assert set(np.unique(part.labels)) == set(range(10))
+    rows = np.concatenate([part.images.reshape(len(part.labels), -1) for part in parts])
+    assert len(np.unique(rows, axis=0)) == len(rows)  # no image in two parts
     assert splits.train.images.max() <= 255.0
+
+
+def test_no_calibration_split_when_its_fraction_is_zero():
+    config = tiny_config(data={"limit": 100, "calibration_fraction": 0.0})
+    splits = split_dataset(load_dataset("digits", PREP), config.data, config.seed)
+    assert len(splits.calibration.labels) == 0
+    assert len(splits.train.labels) + len(splits.validation.labels) == 85
 
 
 @pytest.mark.parametrize("optimizer", typing.get_args(Optimizer))

@@ -35,9 +35,28 @@ class DataConfig(Frozen):
         "digits",
         description="digits | mnist | fashion_mnist | cifar10 | a folder of class sub-folders",
     )
-    validation_fraction: float = Field(0.15, gt=0.0, lt=0.5)
-    test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    validation_fraction: float = Field(
+        0.10, gt=0.0, lt=0.5, description="Early stopping, learning-rate schedules, OOD threshold."
+    )
+    calibration_fraction: float = Field(
+        0.15,
+        ge=0.0,
+        lt=0.5,
+        description="Conformal prediction sets and the risk-controlled acceptance threshold; "
+        "used for nothing else (0: no calibrated guarantees).",
+    )
+    test_fraction: float = Field(0.15, gt=0.0, lt=0.5, description="The reported metrics.")
     limit: int | None = Field(None, ge=10, description="Use at most this many images (stratified).")
+
+    @model_validator(mode="after")
+    def _training_keeps_a_share(self) -> DataConfig:
+        held_out = self.validation_fraction + self.calibration_fraction + self.test_fraction
+        if held_out > 0.8:
+            raise ValueError(
+                "validation, calibration and test fractions leave too little to train on: "
+                f"expected a sum <= 0.8, received {held_out:.2f}"
+            )
+        return self
 
 
 class OptimizerConfig(Frozen):

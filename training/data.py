@@ -46,10 +46,13 @@ class Dataset:
 
 @dataclass(frozen=True)
 class Splits:
-    """Stratified train / validation / test parts of one dataset."""
+    """Stratified parts of one dataset, each with one job: train fits, validation stops
+    early and picks the OOD threshold, calibration calibrates the guarantees
+    (conformal sets, risk control) and nothing else, test measures."""
 
     train: Dataset
     validation: Dataset
+    calibration: Dataset
     test: Dataset
 
 
@@ -120,15 +123,25 @@ def _stratified(labels: np.ndarray, size: float | int, seed: int) -> tuple[np.nd
 
 
 def split_dataset(dataset: Dataset, config: DataConfig, seed: int) -> Splits:
-    """Optional stratified subsample (`limit`), then train / validation / test."""
+    """Optional stratified subsample (`limit`), then train / validation / calibration / test.
+
+    Test is carved first, then calibration, then validation, each stratified
+    and seeded, so the same config and seed always give the same parts.
+    """
     if config.limit is not None and config.limit < len(dataset.labels):
         _, keep = _stratified(dataset.labels, config.limit, seed)
         dataset = dataset.subset(keep)
     rest, test = _stratified(dataset.labels, config.test_fraction, seed)
-    remaining = dataset.subset(rest)
-    val_share = config.validation_fraction / (1.0 - config.test_fraction)
-    train, validation = _stratified(remaining.labels, val_share, seed)
-    return Splits(remaining.subset(train), remaining.subset(validation), dataset.subset(test))
+    remaining, left = dataset.subset(rest), 1.0 - config.test_fraction
+    calibration = remaining.subset(np.array([], dtype=np.int64))
+    if config.calibration_fraction > 0.0:
+        rest, held = _stratified(remaining.labels, config.calibration_fraction / left, seed)
+        remaining, calibration = remaining.subset(rest), remaining.subset(held)
+        left -= config.calibration_fraction
+    train, validation = _stratified(remaining.labels, config.validation_fraction / left, seed)
+    return Splits(
+        remaining.subset(train), remaining.subset(validation), calibration, dataset.subset(test)
+    )
 
 
 def held_out_split(card: ModelCard) -> Dataset:
