@@ -21,12 +21,32 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from models import uncertainty
 from models.card import ModelCard
+from models.conformal import ranked_members
 from models.density import FeatureDensity
 from models.mc_dropout import ImageSeed, MCDropoutPredictor
 
 MAX_SEED = 2**53 - 1  # largest request seed: the service's job rows carry seeds in float64
 Samples = Annotated[StrictInt, Field(ge=1, description="Monte Carlo dropout samples.")]
 Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED, description="Makes sampling reproducible.")]
+Alpha = Annotated[
+    float,
+    Field(
+        gt=0.0,
+        lt=1.0,
+        description="Prediction sets miss the true class at most this often (default: the "
+        "model's); the smallest allowed is 1/(n+1), n the model's calibration images.",
+    ),
+]
+
+
+class Options(BaseModel):
+    """What a request may ask for, under one set of rules for the service and the command line."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    samples: Samples | None = None
+    seed: Seed | None = None
+    alpha: Alpha | None = None
 
 
 class ImagePrediction(BaseModel):
@@ -40,7 +60,16 @@ class ImagePrediction(BaseModel):
     predictive_entropy: float = Field(description="Entropy of the mean probabilities (nats).")
     aleatoric: float = Field(description="Expected entropy of the samples (nats).")
     epistemic: float = Field(description="Mutual information (nats): model uncertainty.")
-    uncertain: bool = Field(description="Epistemic uncertainty above the model's threshold.")
+    uncertain: bool = Field(
+        description="Not accepted: with a calibrated model, the answer's uncertainty score is "
+        "above the threshold certified to keep the error rate among accepted answers below "
+        "the model's target risk (see GET /metadata); otherwise epistemic above a percentile."
+    )
+    prediction_set: list[str] | None = Field(
+        description="Classes that hold the true one with probability >= 1 - alpha, most "
+        "probable first (None: the model has no calibration)."
+    )
+    set_size: int | None = Field(description="Number of classes in prediction_set.")
     ood_score: float | None = Field(
         description="Negative log density of the image's pooled base features under the "
         "training embeddings' class-conditional Gaussians: higher is less like the training data."
@@ -58,6 +87,7 @@ class PredictionResponse(BaseModel):
     model: str = Field(description="Tag of the model that answered.")
     samples: int = Field(description="Monte Carlo dropout samples used.")
     seed: int = Field(description="Seed used; send it back to reproduce this answer.")
+    alpha: float | None = Field(description="Miss rate the prediction sets were built for.")
     predictions: list[ImagePrediction]
 
 
@@ -85,37 +115,93 @@ def sample_and_score(
     return draws, (-density.log_density(embeddings)).astype(np.float32)
 
 
+def resolve_alpha(card: ModelCard, alpha: float | None) -> float | None:
+    """The alpha a request is answered with: its own, else the model's default; None for
+    a model without guarantees. Raises ValueError naming the allowed range."""
+    if card.guarantees is None:
+        if alpha is not None:
+            raise ValueError(
+                "Invalid value for `alpha`: this model has no calibration split, so it serves "
+                "no prediction sets; retrain it with data.calibration_fraction > 0"
+            )
+        return None
+    alpha = card.guarantees.default_alpha if alpha is None else float(alpha)
+    card.guarantees.mc.sets.rank(alpha)  # raises for alpha outside [1/(n+1), 1)
+    return alpha
+
+
+def aps_randomness(seed: int, count: int) -> np.ndarray:
+    """APS's u for images 0..count-1 of a request: from (seed, index), so a seed reproduces."""
+    return np.array([np.random.default_rng([seed, index, 1]).random() for index in range(count)])
+
+
 def build_answers(
-    samples: np.ndarray, ood_scores: np.ndarray, card: ModelCard
+    samples: np.ndarray,
+    ood_scores: np.ndarray,
+    card: ModelCard,
+    alpha: float | None = None,
+    seed: int = 0,
 ) -> list[ImagePrediction]:
-    """One `ImagePrediction` per image of samples (n, T, C) and OOD scores (n,) (NaN: none)."""
+    """One `ImagePrediction` per image of samples (n, T, C) and OOD scores (n,) (NaN: none).
+
+    `alpha` comes from `resolve_alpha` (None: no sets); `seed` draws APS's u.
+    """
     mean = uncertainty.mean_probabilities(samples)  # (n, C)
     mean = mean / mean.sum(axis=1, keepdims=True)  # float32 round-off: sums to 1
-    variance = uncertainty.variance(samples)  # (n, C)
-    total = uncertainty.predictive_entropy(samples)  # (n,)
-    aleatoric = uncertainty.expected_entropy(samples)  # (n,)
-    epistemic = uncertainty.mutual_information(samples)  # (n,)
-    threshold = card.uncertain_threshold
-    answers = []
-    for i in range(len(samples)):
-        best = int(mean[i].argmax())
-        score = float(ood_scores[i])
-        answers.append(
-            ImagePrediction(
-                label=card.class_names[best],
-                class_index=best,
-                confidence=float(mean[i, best]),
-                probabilities=mean[i].tolist(),
-                variance=variance[i].tolist(),
-                predictive_entropy=float(total[i]),
-                aleatoric=float(aleatoric[i]),
-                epistemic=float(epistemic[i]),
-                uncertain=threshold is not None and bool(epistemic[i] > threshold),
-                ood_score=None if np.isnan(score) else score,
-                out_of_distribution=_is_ood(score, card.ood_threshold),
-            )
-        )
-    return answers
+    sets, accepted = _sets_and_acceptance(samples, card, alpha, seed)
+    figures = {
+        "variance": uncertainty.variance(samples),  # (n, C)
+        "predictive_entropy": uncertainty.predictive_entropy(samples),  # (n,)
+        "aleatoric": uncertainty.expected_entropy(samples),  # (n,)
+        "epistemic": uncertainty.mutual_information(samples),  # (n,)
+    }
+    return [
+        _answer(i, mean[i], {k: v[i] for k, v in figures.items()}, sets, accepted[i],
+                float(ood_scores[i]), card)
+        for i in range(len(samples))
+    ]  # fmt: skip
+
+
+def _sets_and_acceptance(
+    samples: np.ndarray, card: ModelCard, alpha: float | None, seed: int
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """Prediction sets (n, C) (None without guarantees) and accepted (n,) for samples (n, T, C)."""
+    if card.guarantees is None or alpha is None:
+        threshold = card.uncertain_threshold
+        epistemic = uncertainty.mutual_information(samples)
+        return None, np.full(len(samples), True) if threshold is None else epistemic <= threshold
+    calibrated = card.guarantees.for_samples(samples.shape[1])
+    u = aps_randomness(seed, len(samples)) if calibrated.sets.method == "aps" else None
+    return calibrated.answer(samples, alpha, u)
+
+
+def _answer(
+    i: int,
+    mean: np.ndarray,
+    figures: dict[str, np.ndarray],
+    sets: np.ndarray | None,
+    accepted: bool,
+    score: float,
+    card: ModelCard,
+) -> ImagePrediction:
+    """Image i's answer from its mean probabilities (C,) and figures."""
+    best = int(mean.argmax())
+    members = None if sets is None else [card.class_names[c] for c in ranked_members(mean, sets[i])]
+    return ImagePrediction(
+        label=card.class_names[best],
+        class_index=best,
+        confidence=float(mean[best]),
+        probabilities=mean.tolist(),
+        variance=figures["variance"].tolist(),
+        predictive_entropy=float(figures["predictive_entropy"]),
+        aleatoric=float(figures["aleatoric"]),
+        epistemic=float(figures["epistemic"]),
+        uncertain=not bool(accepted),
+        prediction_set=members,
+        set_size=None if members is None else len(members),
+        ood_score=None if np.isnan(score) else score,
+        out_of_distribution=_is_ood(score, card.ood_threshold),
+    )
 
 
 def _is_ood(score: float, threshold: float | None) -> bool | None:

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from models.config import Frozen, ModelConfig
+from models.guarantees import Guarantees
 
 MODEL_FILE = "model.keras"  # the network, inside the exported model's folder
 CARD_KEY = "card"  # the metadata entry holding the whole card as JSON
@@ -24,7 +25,16 @@ class ModelCard(Frozen):
     model: ModelConfig
     mc_samples: int = Field(30, ge=1, description="Default number of MC dropout samples.")
     uncertain_threshold: float | None = Field(
-        None, ge=0.0, description="Mutual information above which a prediction is uncertain."
+        None,
+        ge=0.0,
+        description="Only for a model without `guarantees`: mutual information above which a "
+        "prediction is uncertain (a validation percentile; no guarantee).",
+    )
+    guarantees: Guarantees | None = Field(
+        None, description="Calibrated prediction sets and risk-controlled acceptance."
+    )
+    splits: dict[str, str] = Field(
+        default_factory=dict, description="Which split did what, with its size."
     )
     ood_threshold: float | None = Field(
         None, description="OOD score (negative log feature density) above which an image is OOD."

@@ -27,6 +27,8 @@ async def metadata(request: Request) -> JSONResponse:
         max_request_bytes=settings.max_request_bytes,
         uncertain_threshold=card.uncertain_threshold,
         ood_threshold=card.ood_threshold,
+        guarantees=None if card.guarantees is None else card.guarantees.summary(),
+        splits=card.splits,
         metrics=card.metrics,
     )
     return JSONResponse(body.model_dump())

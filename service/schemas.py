@@ -6,11 +6,11 @@ its builder in `models.answer`, which `uqserve predict` uses too.
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Any, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
-from models.answer import ImagePrediction, PredictionResponse, Samples, Seed
+from models.answer import Alpha, ImagePrediction, PredictionResponse, Samples, Seed
 
 Pixel = Union[StrictInt, StrictFloat]  # noqa: UP007 (pydantic needs a runtime union here)
 PixelArray = Union[  # noqa: UP007
@@ -26,6 +26,7 @@ class ArrayRequest(BaseModel):
     images: PixelArray
     samples: Samples | None = None
     seed: Seed | None = None
+    alpha: Alpha | None = None
 
 
 class ModelMetadata(BaseModel):
@@ -44,6 +45,12 @@ class ModelMetadata(BaseModel):
     max_request_bytes: int
     uncertain_threshold: float | None
     ood_threshold: float | None
+    guarantees: dict[str, Any] | None = Field(
+        description="Prediction sets and risk-controlled acceptance: method, calibration size, "
+        "alpha range, the acceptance rule (score, target risk, delta, threshold, why none) and "
+        "the figures measured on the test split; per calibration (mc: the default T, single: T=1)."
+    )
+    splits: dict[str, str]
     metrics: dict[str, float]
 
 
@@ -56,6 +63,7 @@ class WeightsDigest(BaseModel):
 
 
 __all__ = [
+    "Alpha",
     "ArrayRequest",
     "ImagePrediction",
     "ModelMetadata",

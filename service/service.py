@@ -29,7 +29,14 @@ from starlette.responses import JSONResponse
 
 from adapters.images import ImageError, decode_image
 from adapters.model_store import StoredModel, require_model
-from models.answer import build_answers, random_seed, sample_and_score
+from models.answer import (
+    Alpha,
+    Options,
+    build_answers,
+    random_seed,
+    resolve_alpha,
+    sample_and_score,
+)
 from models.card import ModelCard
 from models.density import limit_blas_threads
 from models.fingerprint import weights_digest
@@ -141,15 +148,19 @@ class ApiService:
         self.preprocess.warm_up()
 
     def _prepare(
-        self, images: np.ndarray | list[np.ndarray], samples: int | None, seed: int | None
-    ) -> tuple[np.ndarray, int, int]:
-        """Limits, defaults and preprocessing -> (job rows, samples, seed). Blocking."""
-        samples = samples or self.card.mc_samples
+        self, images: np.ndarray | list[np.ndarray], options: Options
+    ) -> tuple[np.ndarray, Options]:
+        """Limits, defaults and preprocessing -> (job rows, resolved options). Blocking."""
+        samples = options.samples or self.card.mc_samples
         if samples > SETTINGS.max_samples:
             raise BadInput(f"samples: {samples} exceeds the limit of {SETTINGS.max_samples}")
-        seed = random_seed() if seed is None else seed
+        try:
+            alpha = resolve_alpha(self.card, options.alpha)
+        except ValueError as error:
+            raise BadInput(str(error).replace("Invalid value for `alpha`", "alpha")) from None
+        seed = random_seed() if options.seed is None else options.seed
         x = self.preprocess(images)  # (n, H, W, 3)
-        return jobs.pack(x, seed, samples), samples, seed
+        return jobs.pack(x, seed, samples), Options(samples=samples, seed=seed, alpha=alpha)
 
     async def _sample(self, rows: np.ndarray) -> np.ndarray:
         """Call the model service, retrying a dropped connection (the call is idempotent).
@@ -169,18 +180,19 @@ class ApiService:
                     raise
         return await self.model_service.to_async.sample(rows)  # last try: errors propagate
 
-    async def _answer(self, prepare: Callable[[], tuple[np.ndarray, int, int]]) -> Any:
+    async def _answer(self, prepare: Callable[[], tuple[np.ndarray, Options]]) -> Any:
         """Run the blocking `prepare` in a worker thread, sample, build the response."""
-        rows, samples, seed = await anyio.to_thread.run_sync(prepare)
+        rows, options = await anyio.to_thread.run_sync(prepare)
+        samples, seed, alpha = options.samples or 1, options.seed or 0, options.alpha
         try:
             answer = await self._sample(rows)
         except ServiceUnavailable:  # the model service shed the request: past the budget
             return _overloaded()
         scores, draws = jobs.split_answer(answer, samples, self.card.model.num_classes)
-        predictions = build_answers(draws, scores, self.card)  # draws: (n, T, C)
+        predictions = build_answers(draws, scores, self.card, alpha, seed)  # draws: (n, T, C)
         observe.predictions(predictions, samples)
         return PredictionResponse(
-            model=self.tag, samples=samples, seed=seed, predictions=predictions
+            model=self.tag, samples=samples, seed=seed, alpha=alpha, predictions=predictions
         )
 
     def _read(self, files: list[Path]) -> list[np.ndarray]:
@@ -199,23 +211,33 @@ class ApiService:
 
     @bentoml.api(route="/predict")
     async def predict(
-        self, files: list[Path], samples: Samples | None = None, seed: Seed | None = None
+        self,
+        files: list[Path],
+        samples: Samples | None = None,
+        seed: Seed | None = None,
+        alpha: Alpha | None = None,
     ) -> PredictionResponse:
         """Image files (PNG, JPEG, BMP, GIF, WebP) as a multipart form."""
+        options = Options(samples=samples, seed=seed, alpha=alpha)
         try:
-            return await self._answer(lambda: self._prepare(self._read(files), samples, seed))
+            return await self._answer(lambda: self._prepare(self._read(files), options))
         except (BadInput, ImageError) as error:
             return _bad(error)
 
     @bentoml.api(route="/predict_array", input_spec=ArrayRequest)
     async def predict_array(
-        self, images: PixelArray, samples: Samples | None = None, seed: Seed | None = None
+        self,
+        images: PixelArray,
+        samples: Samples | None = None,
+        seed: Seed | None = None,
+        alpha: Alpha | None = None,
     ) -> PredictionResponse:
         """Pixel arrays in [0, 255]: (H, W), (H, W, C) or (N, H, W, C)."""
+        options = Options(samples=samples, seed=seed, alpha=alpha)
 
-        def prepare() -> tuple[np.ndarray, int, int]:
+        def prepare() -> tuple[np.ndarray, Options]:
             array = check_array(images, SETTINGS.max_images, SETTINGS.max_pixels)
-            return self._prepare(array, samples, seed)
+            return self._prepare(array, options)
 
         try:
             return await self._answer(prepare)

@@ -44,7 +44,7 @@ def test_train_then_predict_prints_every_figure_of_the_answer(tmp_path, capsys):
     assert lines[0].startswith("model: cli_test:") and "seed: 1" in lines[0]
     header, row = lines[1].split(), lines[2].split()
     assert header == ["image", "class", "confidence", "entropy", "aleatoric", "epistemic",
-                      "uncertain", "ood_score", "ood"]  # fmt: skip
+                      "uncertain", "ood_score", "ood", "set"]  # fmt: skip
     figures = dict(zip(header, row, strict=True))
     assert figures["image"] == image
     assert figures["class"] in {str(d) for d in range(10)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 from concurrent.futures import ThreadPoolExecutor
 
@@ -35,9 +36,28 @@ def _check_response(body: dict, images: int, samples: int, tag: str) -> None:
         assert p["confidence"] == pytest.approx(probabilities.max())
         assert 0.0 <= p["epistemic"] <= p["predictive_entropy"] + 1e-9
         assert p["aleatoric"] == pytest.approx(p["predictive_entropy"] - p["epistemic"], abs=1e-6)
-        assert p["uncertain"] == (p["epistemic"] > 0.05)
         assert np.isfinite(p["ood_score"])
         assert isinstance(p["out_of_distribution"], bool)
+        _check_guarantees(p, StoredModel.open(tag).card, body["samples"], body["alpha"])
+
+
+SCORE_FIELDS = {"mutual_information": "epistemic", "predictive_entropy": "predictive_entropy"}
+
+
+def _check_guarantees(p: dict, card, samples: int, alpha: float) -> None:
+    """The set is LAC's {c : 1 - p_c <= q(alpha)}, most probable first; `uncertain` is the
+    certified acceptance rule, both recomputed from the card and the answer's own figures."""
+    calibrated = card.guarantees.for_samples(samples)
+    q = calibrated.sets.quantile(alpha)
+    probabilities = np.array(p["probabilities"])
+    expected = [CLASSES[c] for c in np.argsort(-probabilities, kind="stable")
+                if 1.0 - probabilities[c] <= q + 1e-7]  # fmt: skip
+    assert p["prediction_set"] == expected and p["set_size"] == len(expected)
+    risk = calibrated.risk
+    field = SCORE_FIELDS.get(risk.score)
+    score = p[field] if field else 1.0 - p["confidence"]
+    accepted = risk.threshold is not None and score <= risk.threshold + 1e-7
+    assert p["uncertain"] == (not accepted)
 
 
 def _reference(tag: str, blob: bytes, samples: int, stream: tuple[int, int]) -> np.ndarray:
@@ -173,3 +193,40 @@ def test_the_model_service_runs_blas_on_one_thread(client):
     assert client.get("/readyz").status_code == 200  # the model service has started
     blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
     assert blas and set(blas) == {1}
+
+
+def test_alpha_sets_nest_and_default_from_the_model(client, tag):
+    card = StoredModel.open(tag).card
+    blob = png(5)
+    sizes = []
+    for alpha in (None, 0.05, 0.5, 0.9):
+        data = {"samples": "6", "seed": "3"} | ({} if alpha is None else {"alpha": str(alpha)})
+        response = client.post("/predict", files=_files(blob), data=data)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["alpha"] == (card.guarantees.default_alpha if alpha is None else alpha)
+        _check_response(body, images=1, samples=6, tag=tag)
+        sizes.append((body["alpha"], set(body["predictions"][0]["prediction_set"])))
+    by_alpha = sorted(sizes, key=lambda item: item[0])
+    for (_, wide), (_, narrow) in itertools.pairwise(by_alpha):
+        assert narrow <= wide  # a larger alpha never adds a class
+
+
+def test_one_sample_uses_the_single_sample_calibration(client, tag):
+    response = client.post("/predict_array", json={"images": [[0, 255], [255, 0]], "samples": 1})
+    assert response.status_code == 200, response.text
+    _check_response(response.json(), images=1, samples=1, tag=tag)
+
+
+@pytest.mark.parametrize("alpha", ["0.001", "1", "1.5", "-0.1", "0", "nan", "tiny"])
+def test_alpha_outside_its_range_is_a_400_naming_it(client, alpha):
+    response = client.post("/predict", files=_files(png(1)), data={"alpha": alpha})
+    assert response.status_code == 400, response.text
+    assert "alpha" in response.json()["error"]
+
+
+def test_alpha_below_one_over_n_plus_one_names_the_range(client, tag):
+    n = StoredModel.open(tag).card.guarantees.mc.sets.n
+    response = client.post("/predict_array", json={"images": [[1, 2], [3, 4]], "alpha": 0.5 / n})
+    assert response.status_code == 400
+    assert f"1/(n+1)={1 / (n + 1)}" in response.json()["error"]

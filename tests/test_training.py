@@ -179,7 +179,14 @@ def test_export_then_load_gives_the_same_output(tmp_path):
     )
     assert (result.run_dir / "learning_curve.png").stat().st_size > 1000
     assert {"test_accuracy", "test_nll", "test_mc_nll", "test_ece"} <= set(card.metrics)
-    assert card.uncertain_threshold is not None
+    assert card.uncertain_threshold is None  # the calibration split replaces the percentile rule
+    guarantees = card.guarantees
+    assert guarantees is not None and guarantees.default_alpha == 0.1
+    assert guarantees.mc.samples == 5 and guarantees.single.samples == 1
+    assert guarantees.mc.sets.n == len(split_dataset(
+        load_dataset("digits", PREP), tiny_config().data, 42).calibration.labels)  # fmt: skip
+    assert {"coverage@0.1", "set_size@0.1", "accepted_fraction"} <= set(guarantees.mc.test)
+    assert set(card.splits) == {"train", "validation", "calibration", "test"}
 
 
 def test_missing_model_names_the_tag():

@@ -146,6 +146,7 @@ def _add_predict(subparsers: Any) -> None:
     parser.add_argument("--samples", type=int, help="MC dropout samples (default: the model's)")
     parser.add_argument("--seed", type=int, help="reproduce an answer (default: a fresh seed)")
     parser.add_argument("--json", action="store_true", help="the service's JSON answer")
+    parser.add_argument("--alpha", type=float, help="prediction sets' miss rate (default: model's)")
     parser.add_argument("--base-dtype", choices=get_args(BaseDtype), default="float32",
                         help="what the base computes in, as UQSERVE_BASE_DTYPE")  # fmt: skip
 
@@ -210,12 +211,13 @@ def _predict(args: argparse.Namespace) -> int:
     from training.predict import format_table, predict_files
 
     response, card = predict_files(
-        args.images, args.model, args.samples, args.seed, args.base_dtype
+        args.images, args.model, args.samples, args.seed, args.base_dtype, args.alpha
     )
     if args.json:
         print(response.model_dump_json(indent=2))
         return 0
-    print(f"model: {response.model}  samples: {response.samples}  seed: {response.seed}")
+    alpha = "" if response.alpha is None else f"  alpha: {response.alpha:g}"
+    print(f"model: {response.model}  samples: {response.samples}  seed: {response.seed}{alpha}")
     print(format_table(response, args.images, card))
     return 0
 

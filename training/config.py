@@ -117,8 +117,24 @@ class TrainConfig(Frozen):
     fine_tune_epochs: int = Field(3, ge=1)
     fine_tune_learning_rate: float = Field(1e-5, gt=0.0)
     mc_samples: int = Field(30, ge=1, description="Default MC samples saved with the model.")
+    conformal_method: Literal["lac", "aps"] = Field(
+        "lac", description="Prediction-set score: lac (1 - p_y, smallest sets) or aps (adaptive)."
+    )
+    default_alpha: float = Field(
+        0.1, gt=0.0, lt=1.0, description="Prediction sets miss the true class at most this often."
+    )
+    target_risk: float = Field(
+        0.03, gt=0.0, lt=1.0, description="Most errors allowed among accepted answers."
+    )
+    risk_delta: float = Field(
+        0.05, gt=0.0, lt=1.0, description="Allowed probability that the risk guarantee fails."
+    )
     uncertain_quantile: float = Field(
-        0.95, gt=0.0, lt=1.0, description="Quantile of validation MI used as the threshold."
+        0.95,
+        gt=0.0,
+        lt=1.0,
+        description="Only without a calibration split: `uncertain` marks validation MI above "
+        "this quantile (no guarantee).",
     )
     ood_quantile: float = Field(
         0.95, gt=0.0, lt=1.0, description="Quantile of validation OOD scores used as the threshold."

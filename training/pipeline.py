@@ -14,6 +14,7 @@ from adapters.model_store import export_model, framework_versions
 from models.card import ModelCard
 from models.config import ModelConfig
 from models.density import FeatureDensity
+from models.guarantees import Guarantees, calibrate, measure
 from models.mc_dropout import MCDropoutPredictor
 from models.uncertainty import mutual_information, summarize
 from training.config import TrainConfig
@@ -45,10 +46,12 @@ def split_metrics(outputs: SplitOutputs, labels: np.ndarray) -> dict[str, float]
 
 def fit_uncertainty(
     model: keras.Model, splits: Splits, config: TrainConfig
-) -> tuple[FeatureDensity, dict[str, float], dict[str, float]]:
-    """Feature density on train; thresholds on validation; metrics on test.
+) -> tuple[FeatureDensity, dict[str, object], dict[str, float]]:
+    """Each split its one job: density on train, OOD threshold on validation, guarantees
+    on calibration, metrics on test.
 
-    Returns the density, the thresholds (`uncertain_threshold`, `ood_threshold`)
+    Returns the density, the card's uncertainty fields (`ood_threshold`, and
+    `guarantees`, or without a calibration split the old `uncertain_threshold`)
     and the test metrics.
     """
     predictor = MCDropoutPredictor(model)
@@ -57,14 +60,45 @@ def fit_uncertainty(
     density = FeatureDensity.fit(train.embeddings, splits.train.labels)
     validation = predictor_outputs(predictor, splits.validation.images, prep, samples, seed)
     ood_scores = -density.log_density(validation.embeddings)
-    thresholds = {
-        "uncertain_threshold": float(
-            np.quantile(mutual_information(validation.samples), config.uncertain_quantile)
-        ),
-        "ood_threshold": float(np.quantile(ood_scores, config.ood_quantile)),
+    fields: dict[str, object] = {
+        "ood_threshold": float(np.quantile(ood_scores, config.ood_quantile))
     }
     test = predictor_outputs(predictor, splits.test.images, prep, samples, seed)
-    return density, thresholds, split_metrics(test, splits.test.labels)
+    if len(splits.calibration.labels) > 0:
+        calibration = predictor_outputs(predictor, splits.calibration.images, prep, samples, seed)
+        fields["guarantees"] = fit_guarantees(calibration, test, splits, config)
+    else:
+        uncertain = np.quantile(mutual_information(validation.samples), config.uncertain_quantile)
+        fields["uncertain_threshold"] = float(uncertain)
+    return density, fields, split_metrics(test, splits.test.labels)
+
+
+def fit_guarantees(
+    calibration: SplitOutputs, test: SplitOutputs, splits: Splits, config: TrainConfig
+) -> Guarantees:
+    """Sets and acceptance calibrated on the calibration split, measured on the test split,
+    for the MC predictive distribution (T = mc_samples) and for one dropout sample."""
+    rng = np.random.default_rng([config.seed, 7])  # APS's u, reproducible
+    calibrated = {}
+    for name, keep in (("mc", slice(None)), ("single", slice(0, 1))):
+        fitted = calibrate(
+            calibration.samples[:, keep], splits.calibration.labels, config.conformal_method,
+            config.target_risk, config.risk_delta, rng,
+        )  # fmt: skip
+        calibrated[name] = measure(fitted, test.samples[:, keep], splits.test.labels, rng)
+    return Guarantees(default_alpha=config.default_alpha, **calibrated)
+
+
+def split_roles(splits: Splits) -> dict[str, str]:
+    """What each split did, with its size: said in the model card."""
+    roles = {
+        "train": "fits the head and the feature density",
+        "validation": "early stopping, learning-rate schedules, the OOD threshold",
+        "calibration": "prediction sets and the acceptance threshold, nothing else",
+        "test": "the reported metrics and the guarantees' test figures",
+    }
+    return {name: f"{len(getattr(splits, name).labels)} images: {role}"
+            for name, role in roles.items()}  # fmt: skip
 
 
 def _run_dir(config: TrainConfig) -> Path:
@@ -87,12 +121,13 @@ def run_training(config: TrainConfig, verbose: int = 1) -> TrainResult:
     model_config = ModelConfig(
         num_classes=len(data.class_names), preprocessing=config.preprocessing, head=config.head
     )
-    density, thresholds, metrics = fit_uncertainty(model, splits, config)
+    density, uncertainty_fields, metrics = fit_uncertainty(model, splits, config)
     card = ModelCard(
         class_names=data.class_names,
         model=model_config,
         mc_samples=config.mc_samples,
-        **thresholds,
+        **uncertainty_fields,
+        splits=split_roles(splits),
         metrics=metrics,
         training=config.model_dump(mode="json"),
         versions=framework_versions(),

@@ -12,30 +12,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
 from adapters.images import read_image
 from adapters.model_store import StoredModel
 from models.answer import (
+    Options,
     PredictionResponse,
-    Samples,
-    Seed,
     build_answers,
     random_seed,
+    resolve_alpha,
     sample_and_score,
 )
 from models.card import ModelCard
 from models.config import BaseDtype
 from models.preprocessing import Preprocessor
-
-
-class PredictOptions(BaseModel):
-    """`--samples` and `--seed`, under the very field rules the service applies."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    samples: Samples | None = None
-    seed: Seed | None = None
 
 
 def predict_files(
@@ -44,11 +34,13 @@ def predict_files(
     samples: int | None = None,
     seed: int | None = None,
     base_dtype: BaseDtype = "float32",
+    alpha: float | None = None,
 ) -> tuple[PredictionResponse, ModelCard]:
     """The answer to these files, as `POST /predict` gives it (the model card's defaults,
     the service's field rules for `samples` and `seed`), and the model's card."""
-    options = PredictOptions(samples=samples, seed=seed)  # exits 2 naming the flag if bad
+    options = Options(samples=samples, seed=seed, alpha=alpha)  # exits 2 naming a bad flag
     stored = StoredModel.open(tag)
+    alpha = resolve_alpha(stored.card, options.alpha)
     samples = stored.card.mc_samples if options.samples is None else options.samples
     seed = random_seed() if options.seed is None else options.seed
     images = Preprocessor(stored.card.model.preprocessing)([read_image(p) for p in paths])
@@ -56,9 +48,9 @@ def predict_files(
     draws, scores = sample_and_score(
         stored.predictor(base_dtype), stored.density(), images, [samples] * len(paths), streams
     )
-    predictions = build_answers(np.stack(draws), scores, stored.card)  # draws: (n, T, C)
+    predictions = build_answers(np.stack(draws), scores, stored.card, alpha, seed)  # (n, T, C)
     response = PredictionResponse(
-        model=stored.tag, samples=samples, seed=seed, predictions=predictions
+        model=stored.tag, samples=samples, seed=seed, alpha=alpha, predictions=predictions
     )
     return response, stored.card
 
@@ -77,13 +69,14 @@ def _flag(value: bool | None) -> str:
 def format_table(response: PredictionResponse, paths: list[Path], card: ModelCard) -> str:
     """One row per image with its headline figures, then each image's per-class figures."""
     header = ("image", "class", "confidence", "entropy", "aleatoric", "epistemic",
-              "uncertain", "ood_score", "ood")  # fmt: skip
+              "uncertain", "ood_score", "ood", "set")  # fmt: skip
     rows = [header]
     for path, p in zip(paths, response.predictions, strict=True):
         score = "-" if p.ood_score is None else f"{p.ood_score:.2f}"
         rows.append((str(path), p.label, f"{p.confidence:.4f}", f"{p.predictive_entropy:.4f}",
                      f"{p.aleatoric:.4f}", f"{p.epistemic:.4f}", _flag(p.uncertain), score,
-                     _flag(p.out_of_distribution)))  # fmt: skip
+                     _flag(p.out_of_distribution),
+                     "-" if p.prediction_set is None else ",".join(p.prediction_set)))  # fmt: skip
     blocks = [_columns(rows)]
     for path, p in zip(paths, response.predictions, strict=True):
         per_class = [("  class", "probability", "variance")]

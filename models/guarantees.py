@@ -1,0 +1,132 @@
+"""What the calibration split buys a user: sets that hold the true class, answers safe to accept.
+
+Calibrated once at training, on a split used for nothing else, and stored
+with the model (in its card):
+
+- **prediction sets** (`models.conformal`): for any alpha, a set of classes
+  that holds the true one with probability >= 1 - alpha;
+- **acceptance** (`models.selective`): an answer is accepted when its
+  uncertainty score is at most a threshold chosen so that, among accepted
+  answers, at most `target_risk` are wrong, with probability >= 1 - delta.
+
+Both hold marginally (on average over images) for images exchangeable with
+the calibration split: same source, same classes; not per class, not under
+distribution shift. Each is calibrated twice: for the predictive
+distribution at the model's default T (`mc`) and for one dropout sample
+(`single`, T = 1); a request with another T uses `mc` (close, not exact).
+
+    samples (n, T, C) -> uncertainty scores (n,) per name -> sets (n, C), accepted (n,)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+
+from models import uncertainty
+from models.config import Frozen
+from models.conformal import ConformalCalibration, Method, coverage, prediction_sets
+from models.selective import RiskControl, choose_score
+
+REPORTED_ALPHAS = (0.01, 0.05, 0.1, 0.2)  # test coverage and set size recorded at these
+
+
+def uncertainty_scores(samples: np.ndarray) -> dict[str, np.ndarray]:
+    """The candidate acceptance scores of samples (n, T, C), each (n,), higher = less sure."""
+    mean = uncertainty.mean_probabilities(samples)  # (n, C)
+    return {
+        "mutual_information": uncertainty.mutual_information(samples),
+        "predictive_entropy": uncertainty.predictive_entropy(samples),
+        "one_minus_max_probability": 1.0 - mean.max(axis=1),
+    }
+
+
+class Calibrated(Frozen):
+    """Sets and acceptance for one predictive distribution (T samples), with test figures."""
+
+    samples: int = Field(ge=1, description="T this was calibrated at.")
+    sets: ConformalCalibration
+    risk: RiskControl
+    test: dict[str, float] = Field(
+        default_factory=dict, description="Measured on the test split: coverage and set size "
+        "per alpha, accepted fraction and accepted error rate.",
+    )  # fmt: skip
+
+    def answer(
+        self, samples: np.ndarray, alpha: float, u: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """samples (n, T, C) -> prediction sets (n, C) bool, accepted (n,) bool."""
+        probs = uncertainty.mean_probabilities(samples)  # (n, C)
+        members = prediction_sets(probs, self.sets, alpha, u)
+        accepted = self.risk.accepts(uncertainty_scores(samples)[self.risk.score])
+        return members, accepted
+
+
+class Guarantees(Frozen):
+    """Both calibrations of a model and the alpha a request gets by default."""
+
+    default_alpha: float = Field(gt=0.0, lt=1.0)
+    mc: Calibrated
+    single: Calibrated
+
+    def for_samples(self, samples: int) -> Calibrated:
+        """The calibration a request with T = `samples` is answered with."""
+        return self.single if samples == 1 else self.mc
+
+    def summary(self) -> dict[str, object]:
+        """What GET /metadata shows: method, n, alpha range, risk rule and test figures
+        per calibration (the calibration scores themselves stay in the card)."""
+
+        def one(calibrated: Calibrated) -> dict[str, object]:
+            return {"samples": calibrated.samples, "test": calibrated.test,
+                    "acceptance": calibrated.risk.model_dump()}  # fmt: skip
+
+        sets = self.mc.sets
+        return {
+            "method": sets.method,
+            "calibration_size": sets.n,
+            "default_alpha": self.default_alpha,
+            "alpha_range": [sets.alpha_range[0], 1.0],
+            "mc": one(self.mc),
+            "single": one(self.single),
+        }
+
+
+def calibrate(
+    samples: np.ndarray,
+    labels: np.ndarray,
+    method: Method,
+    target_risk: float,
+    delta: float,
+    rng: np.random.Generator,
+) -> Calibrated:
+    """Calibrate on held-out samples (n, T, C) with their labels (n,).
+
+    The acceptance score is chosen among `uncertainty_scores` by certified
+    coverage (each tested at delta / 3, so the choice keeps the guarantee).
+    """
+    probs = uncertainty.mean_probabilities(samples)  # (n, C)
+    sets = ConformalCalibration.fit(probs, labels, method, rng if method == "aps" else None)
+    correct = probs.argmax(axis=1) == np.asarray(labels)
+    risk = choose_score(uncertainty_scores(samples), correct, target_risk, delta)
+    return Calibrated(samples=samples.shape[1], sets=sets, risk=risk)
+
+
+def measure(
+    calibrated: Calibrated, samples: np.ndarray, labels: np.ndarray, rng: np.random.Generator
+) -> Calibrated:
+    """`calibrated` with its figures on the test split (samples (n, T, C), labels (n,))."""
+    probs = uncertainty.mean_probabilities(samples)  # (n, C)
+    labels = np.asarray(labels)
+    figures: dict[str, float] = {}
+    low = calibrated.sets.alpha_range[0]
+    for alpha in (a for a in REPORTED_ALPHAS if a >= low):
+        u = rng.random(len(labels)) if calibrated.sets.method == "aps" else None
+        members = prediction_sets(probs, calibrated.sets, alpha, u)
+        figures[f"coverage@{alpha:g}"] = coverage(members, labels)
+        figures[f"set_size@{alpha:g}"] = float(members.sum(axis=1).mean())
+    accepted = calibrated.risk.accepts(uncertainty_scores(samples)[calibrated.risk.score])
+    wrong = probs.argmax(axis=1) != labels
+    figures["accepted_fraction"] = float(accepted.mean())
+    figures["accepted_error_rate"] = float(wrong[accepted].mean()) if accepted.any() else 0.0
+    return calibrated.model_copy(update={"test": figures})
