@@ -287,3 +287,11 @@ def test_keras_dataset_offline_fails_with_the_alternatives(tmp_path, monkeypatch
     monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
     with pytest.raises(DatasetError, match="digits"):
         load_dataset("mnist", PREP)
+
+
+def test_without_a_calibration_split_the_old_flag_stays_and_no_sets_are_promised(tmp_path):
+    config = tiny_config(output_dir=tmp_path, data={"limit": 100, "calibration_fraction": 0.0})
+    card = run_training(config, verbose=0).card
+    assert card.guarantees is None
+    assert card.uncertain_threshold is not None
+    assert card.splits["calibration"].startswith("0 images")
