@@ -70,6 +70,11 @@ TRAIN_FLAGS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("--fine-tune-epochs", "fine_tune_epochs", {"type": int}),
     ("--fine-tune-learning-rate", "fine_tune_learning_rate", {"type": float}),
     ("--mc-samples", "mc_samples", {"type": int}),
+    ("--calibration-fraction", "data.calibration_fraction", {"type": float, "help": "held out for the guarantees only (0: none)"}),  # noqa: E501
+    ("--conformal-method", "conformal_method", {"choices": ("lac", "aps")}),
+    ("--default-alpha", "default_alpha", {"type": float, "help": "prediction sets' default miss rate"}),  # noqa: E501
+    ("--target-risk", "target_risk", {"type": float, "help": "most errors among accepted answers"}),
+    ("--risk-delta", "risk_delta", {"type": float, "help": "allowed chance the risk guarantee fails"}),  # noqa: E501
     ("--seed", "seed", {"type": int}),
     ("--model-name", "model_name", {}),
     ("--output-dir", "output_dir", {}),
