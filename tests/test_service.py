@@ -148,6 +148,16 @@ def test_metadata(client, tag):
     assert body["default_samples"] == 6
     assert body["max_samples"] == 50
     assert body["metrics"] == {"test_accuracy": 0.5}
+    guarantees = body["guarantees"]
+    card = StoredModel.open(tag).card
+    assert guarantees["method"] == "lac" and guarantees["calibration_size"] == 60
+    assert guarantees["alpha_range"] == [1 / 61, 1.0]
+    assert guarantees["default_alpha"] == card.guarantees.default_alpha
+    for name in ("mc", "single"):
+        acceptance = guarantees[name]["acceptance"]
+        assert acceptance == getattr(card.guarantees, name).risk.model_dump()
+        assert {"target_risk", "delta", "score", "threshold", "reason"} <= set(acceptance)
+    assert '"scores":' not in json.dumps(guarantees)  # the calibration scores stay in the card
 
 
 def test_probes_metrics_and_openapi(client):
