@@ -1,40 +1,90 @@
-"""`uqserve evaluate`: calibration, OOD detection and abstention of an exported model.
+"""`uqserve evaluate`: calibration, OOD detection, abstention and guarantees of an exported model.
 
-Rebuilds the model's own test split from the config saved with it, draws the
+Rebuilds the model's own splits from the config saved with it, draws the
 largest T once and reads smaller T off the first samples, so every T sees the
 same dropout masks.
+
+For a model with calibrated guarantees (`card.guarantees`) it also rebuilds
+the calibration split and reruns calibration and test at the card's T with the
+training seed, exactly as training did, to check that the stored calibration
+is reproduced and to measure the stored sets and acceptance rule on the test
+split: coverage and set size per alpha, class-conditional coverage, a
+re-split validity check of the coverage guarantee, and risk-coverage curves.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from rich.progress import Progress, TaskID
 
 from adapters.model_store import StoredModel, update_metadata
 from models.card import ModelCard
+from models.conformal import (
+    ALPHA_TOLERANCE,
+    ConformalCalibration,
+    Method,
+    coverage,
+    prediction_sets,
+)
 from models.density import FeatureDensity
+from models.guarantees import Calibrated, Guarantees, measure, uncertainty_scores
+from models.mc_dropout import MCDropoutPredictor
 from models.ood import abstention_curve, detection_metrics
-from models.uncertainty import mutual_information, predictive_entropy, summarize
+from models.selective import risk_coverage_curve
+from models.uncertainty import mean_probabilities, mutual_information, predictive_entropy, summarize
 from training import ood_sets
-from training.data import held_out_split
+from training.config import TrainConfig
+from training.data import Splits, load_dataset, split_dataset
 from training.outputs import SplitOutputs, predictor_outputs
-from training.plots import plot_abstention, plot_reliability
+from training.pipeline import fit_guarantees
+from training.plots import plot_abstention, plot_reliability, plot_risk_coverage, plot_set_coverage
 from training.progress import progress_bar
-from training.report import write_report
+from training.report import RISK_PLOT, SET_PLOT, write_report
 
 REJECT = np.round(np.arange(0.0, 0.55, 0.05), 2)
+ALPHAS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3)  # test coverage and set size at these
+VALIDITY_ALPHAS = (0.05, 0.1, 0.2)  # the re-split validity check at these
+RESPLITS = 200  # random calibration/test re-splits of the validity check
+TOLERANCE = 3.0  # standard errors the re-split mean coverage may lie outside its interval
+RISK_LEVELS = (0.01, 0.02, 0.05, 0.1)  # the risk-coverage table: best coverage at these risks
+CALIBRATIONS = ("mc", "single")  # the two calibrations of `Guarantees`
+Curves = dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]  # distribution -> score -> curve
+
+
+@dataclass
+class GuaranteeEvaluation:
+    """The card's calibrated guarantees measured on the test split.
+
+    Keyed by calibration ("mc": T = `samples`, "single": one dropout sample)
+    and, for the sets, by alpha written with `:g` (JSON keys are strings).
+    """
+
+    method: str
+    calibration_size: int
+    samples: int
+    default_alpha: float
+    reproduced: dict[str, dict[str, float | bool | None]] = field(default_factory=dict)
+    sets: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    class_coverage: dict[str, dict[str, float | int | None]] = field(default_factory=dict)
+    validity: dict[str, dict[str, float | bool | int]] = field(default_factory=dict)
+    risk_coverage: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    acceptance: dict[str, dict[str, float | str | None]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
 class Evaluation:
-    """Every figure of a report."""
+    """Every figure of a report; `guarantees` None when the model has none."""
 
     calibration: dict[str, dict[str, float]] = field(default_factory=dict)
     ood: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     abstention: dict[str, list[float]] = field(default_factory=dict)
+    guarantees: GuaranteeEvaluation | None = None
 
 
 def ood_scores(outputs: SplitOutputs, density: FeatureDensity | None) -> dict[str, np.ndarray]:
@@ -58,6 +108,17 @@ def calibration(outputs: SplitOutputs, labels: np.ndarray, grid: list[int]) -> d
     return table
 
 
+def rebuilt_splits(card: ModelCard) -> tuple[Splits, TrainConfig]:
+    """All four splits of an exported model, rebuilt from its saved training config.
+
+    Like `training.data.held_out_split`, but keeping the calibration split too:
+    the split is seeded and stratified, so each part is exactly training's.
+    """
+    config = TrainConfig.model_validate(card.training)
+    data = load_dataset(config.data.dataset, config.preprocessing)
+    return split_dataset(data, config.data, config.seed), config
+
+
 def _ood_sets(card_seed: int, count: int, folders: list[Path]) -> dict[str, list[np.ndarray]]:
     sets = {
         "photo_crops": ood_sets.photo_crops(count, card_seed),
@@ -78,34 +139,313 @@ def evaluate(
 ) -> tuple[Path, Evaluation]:
     """Run every measurement, write the report folder, record headline figures.
 
-    Its stages (test split, each OOD set, plots and report) take minutes on a
-    CPU; a bar on stderr steps through them unless `quiet` or not a terminal.
+    Its stages (test split, each OOD set, calibration and test split at the
+    card's T when it has guarantees, plots and report) take minutes on a CPU;
+    a bar on stderr steps through them unless `quiet` or not a terminal.
     """
     with progress_bar(quiet) as bar:
         stages = bar.add_task("loading the model", total=5 + len(folders))
         stored = StoredModel.open(tag)
-        test = held_out_split(stored.card)
         tag, card, density = stored.tag, stored.card, stored.density()
+        bar.update(stages, total=5 + len(folders) + 2 * (card.guarantees is not None))
+        splits, config = rebuilt_splits(card)
         predictor, prep, most = stored.predictor(), card.model.preprocessing, max(grid)
         bar.update(stages, advance=1, description=f"test split, T={most}")
-        outputs = predictor_outputs(predictor, test.images, prep, most, seed)
-        result = Evaluation(calibration=calibration(outputs, test.labels, grid))
+        outputs = predictor_outputs(predictor, splits.test.images, prep, most, seed)
+        result = Evaluation(calibration=calibration(outputs, splits.test.labels, grid))
         in_scores = ood_scores(outputs, density)
-        for name, images in _ood_sets(seed, len(test.labels), folders).items():
+        for name, images in _ood_sets(seed, len(splits.test.labels), folders).items():
             bar.update(stages, advance=1, description=f"OOD set {name}")
             out_scores = ood_scores(predictor_outputs(predictor, images, prep, most, seed), density)
             result.ood[name] = {
                 score: detection_metrics(in_scores[score], out_scores[score]) for score in in_scores
             }
-        correct = outputs.samples.mean(axis=1).argmax(axis=1) == test.labels
+        correct = outputs.samples.mean(axis=1).argmax(axis=1) == splits.test.labels
         for score, values in in_scores.items():
             result.abstention[score] = abstention_curve(correct, values, REJECT).tolist()
+        curves: Curves = {}
+        if card.guarantees is not None:
+            result.guarantees, curves = _guarantees(
+                predictor, card, splits, config, seed, bar, stages
+            )
         bar.update(stages, advance=1, description="plots and report")
         folder = output_root / tag.replace(":", "_")  # reports/<name>_<version>
-        _write(folder, tag, card, result, outputs, test.labels, most)
+        _write(folder, tag, card, result, outputs, splits.test.labels, most, curves)
         update_metadata(tag, "evaluation", headline(result, most))
         bar.advance(stages)
     return folder, result
+
+
+def _guarantees(
+    predictor: MCDropoutPredictor,
+    card: ModelCard,
+    splits: Splits,
+    config: TrainConfig,
+    seed: int,
+    bar: Progress,
+    stages: TaskID,
+) -> tuple[GuaranteeEvaluation, Curves]:
+    """Calibration and test split at the card's T with the training seed, as training ran
+    them (so the stored calibration can be reproduced), then every guarantee figure."""
+    prep, t = card.model.preprocessing, card.mc_samples
+    bar.update(stages, advance=1, description=f"calibration split, T={t}")
+    held = predictor_outputs(predictor, splits.calibration.images, prep, t, config.seed)
+    bar.update(stages, advance=1, description=f"test split, T={t}, training seed")
+    test = predictor_outputs(predictor, splits.test.images, prep, t, config.seed)
+    return guarantee_figures(card, splits, config, (held, test), seed)
+
+
+def guarantee_figures(
+    card: ModelCard,
+    splits: Splits,
+    config: TrainConfig,
+    outputs: tuple[SplitOutputs, SplitOutputs],
+    seed: int,
+) -> tuple[GuaranteeEvaluation, Curves]:
+    """Every figure of the card's guarantees from the (calibration, test) `outputs` at its T.
+
+    `seed` draws APS's u for the sets and the validity check's re-splits; the
+    curves are the risk-coverage curves of each distribution and score.
+    """
+    guarantees = _required(card.guarantees)
+    held, test = outputs
+    labels = splits.test.labels
+    rng = np.random.default_rng([seed, 11])  # APS's u for the test sets (LAC ignores it)
+    samples = {"mc": test.samples, "single": test.samples[:, :1]}
+    figures = GuaranteeEvaluation(
+        method=guarantees.mc.sets.method, calibration_size=guarantees.mc.sets.n,
+        samples=card.mc_samples, default_alpha=guarantees.default_alpha,
+    )  # fmt: skip
+    figures.reproduced = reproduction(guarantees, fit_guarantees(held, test, splits, config))
+    for name in CALIBRATIONS:
+        calibrated = getattr(guarantees, name)
+        figures.sets[name] = set_figures(calibrated.sets, samples[name], labels, ALPHAS, rng)
+        figures.acceptance[name] = acceptance(calibrated, samples[name], labels, rng)
+    figures.class_coverage = class_coverage(guarantees, samples, labels, card.class_names, rng)
+    pooled = np.concatenate([mean_probabilities(held.samples), mean_probabilities(test.samples)])
+    pooled_labels = np.concatenate([splits.calibration.labels, labels])
+    figures.validity = validity_check(
+        pooled, pooled_labels, figures.calibration_size, guarantees.mc.sets.method, seed
+    )
+    curves = {name: risk_coverage_curves(s, labels) for name, s in distributions(test).items()}
+    levels = sorted({*RISK_LEVELS, guarantees.mc.risk.target_risk})
+    figures.risk_coverage = {
+        name: {score: coverage_at_risk(*curve, levels) for score, curve in lines.items()}
+        for name, lines in curves.items()
+    }
+    figures.notes = notes(figures)
+    return figures, curves
+
+
+def _required(guarantees: Guarantees | None) -> Guarantees:
+    """`guarantees`, or a ValueError for a card without them."""
+    if guarantees is None:
+        raise ValueError("Invalid value for `card`: expected a model card with `guarantees`")
+    return guarantees
+
+
+def reproduction(
+    stored: Guarantees, refit: Guarantees
+) -> dict[str, dict[str, float | bool | None]]:
+    """Per calibration: are the refit calibration scores exactly the stored ones, the
+    largest difference (None when their counts differ), and is the acceptance rule the same.
+
+    Same model, data, seed and platform give equality; another platform (GPU
+    training, CPU evaluation) may differ in the last bits, which is reported.
+    """
+    rows: dict[str, dict[str, float | bool | None]] = {}
+    for name in CALIBRATIONS:
+        old, new = getattr(stored, name), getattr(refit, name)
+        before, after = np.asarray(old.sets.scores), np.asarray(new.sets.scores)
+        same_size = before.shape == after.shape
+        rows[name] = {
+            "scores_equal": same_size and bool(np.array_equal(before, after)),
+            "max_difference": float(np.abs(before - after).max()) if same_size else None,
+            "rule_equal": old.risk == new.risk,
+        }
+    return rows
+
+
+def allowed(sets: ConformalCalibration, alpha: float) -> bool:
+    """Whether `alpha` is in the calibration's range [1/(n+1), 1) (up to float round-off)."""
+    return sets.alpha_range[0] - ALPHA_TOLERANCE <= alpha < 1.0
+
+
+def set_figures(
+    sets: ConformalCalibration,
+    samples: np.ndarray,
+    labels: np.ndarray,
+    alphas: tuple[float, ...],
+    rng: np.random.Generator,
+) -> dict[str, dict[str, float]]:
+    """Test coverage and mean set size at each alpha in the allowed range, keyed `:g`.
+
+    Samples (N, T, C); alphas below the range are left out (no set is defined
+    there: it would need more calibration images); `notes` says so.
+    """
+    probs = mean_probabilities(samples)  # (N, C)
+    rows: dict[str, dict[str, float]] = {}
+    for alpha in (a for a in alphas if allowed(sets, a)):
+        members = prediction_sets(probs, sets, alpha, rng)  # (N, C)
+        rows[f"{alpha:g}"] = {
+            "coverage": coverage(members, labels),
+            "set_size": float(members.sum(axis=1).mean()),
+        }
+    return rows
+
+
+def class_coverage(
+    guarantees: Guarantees,
+    samples: dict[str, np.ndarray],
+    labels: np.ndarray,
+    class_names: tuple[str, ...],
+    rng: np.random.Generator,
+) -> dict[str, dict[str, float | int | None]]:
+    """Per class name: its test images and the coverage of its images at the default alpha,
+    per calibration (None: no test image). The guarantee is marginal: single
+    classes may fall below 1 - alpha; this shows which."""
+    alpha = guarantees.default_alpha
+    if not allowed(guarantees.mc.sets, alpha):
+        return {}
+    members = {
+        name: prediction_sets(mean_probabilities(samples[name]), getattr(guarantees, name).sets,
+                              alpha, rng)
+        for name in CALIBRATIONS
+    }  # fmt: skip
+    rows: dict[str, dict[str, float | int | None]] = {}
+    for index, class_name in enumerate(class_names):
+        mine = labels == index
+        row: dict[str, float | int | None] = {"test_images": int(mine.sum())}
+        for name, sets in members.items():
+            row[name] = coverage(sets[mine], labels[mine]) if mine.any() else None
+        rows[class_name] = row
+    return rows
+
+
+def validity_check(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    n: int,
+    method: Method,
+    seed: int,
+    alphas: tuple[float, ...] = VALIDITY_ALPHAS,
+    resplits: int = RESPLITS,
+) -> dict[str, dict[str, float | bool | int]]:
+    """The standard check of the coverage guarantee on pooled outputs probs (N, C), labels (N,).
+
+    Each of `resplits` seeded random re-splits puts n pooled images in a
+    calibration split and the rest in a test split, refits the calibration and
+    measures test coverage. With exchangeable, tie-free scores the expected
+    coverage lies in [1 - alpha, 1 - alpha + 1/(n+1)]; the check passes when the
+    mean over re-splits lies there up to `TOLERANCE` standard errors. Alphas
+    below 1/(n+1) are left out (no set is defined there).
+    """
+    rng = np.random.default_rng([seed, 13])
+    kept = [a for a in alphas if 1.0 / (n + 1) - ALPHA_TOLERANCE <= a < 1.0]
+    hits = np.empty((resplits, len(kept)))  # coverage per re-split and alpha
+    for r in range(resplits):
+        order = rng.permutation(len(labels))
+        held, rest = order[:n], order[n:]
+        fitted = ConformalCalibration.fit(probs[held], labels[held], method, rng)
+        for j, alpha in enumerate(kept):
+            members = prediction_sets(probs[rest], fitted, alpha, rng)
+            hits[r, j] = coverage(members, labels[rest])
+    return {f"{a:g}": _validity_row(hits[:, j], a, n) for j, a in enumerate(kept)}
+
+
+def _validity_row(coverages: np.ndarray, alpha: float, n: int) -> dict[str, float | bool | int]:
+    """Mean coverage over re-splits, its interval and standard error, and pass/fail."""
+    mean = float(coverages.mean())
+    error = float(coverages.std(ddof=1) / math.sqrt(len(coverages)))
+    lower, upper = 1.0 - alpha, 1.0 - alpha + 1.0 / (n + 1)
+    return {
+        "mean_coverage": mean,
+        "lower": lower,
+        "upper": upper,
+        "standard_error": error,
+        "tolerance": TOLERANCE * error,
+        "passed": lower - TOLERANCE * error <= mean <= upper + TOLERANCE * error,
+        "resplits": len(coverages),
+        "calibration_size": n,
+    }
+
+
+def distributions(test: SplitOutputs) -> dict[str, np.ndarray]:
+    """The predictive distributions compared, each as samples (N, T, C): the deterministic
+    answer, one dropout sample (the `single` calibration) and all T (`mc`)."""
+    return {
+        "deterministic": test.deterministic[:, None],
+        "single": test.samples[:, :1],
+        "mc": test.samples,
+    }
+
+
+def risk_coverage_curves(
+    samples: np.ndarray, labels: np.ndarray
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per score of `uncertainty_scores`: (coverage, risk) when accepting iff score <= t,
+    for each distinct t; samples (N, T, C), labels (N,)."""
+    correct = mean_probabilities(samples).argmax(axis=1) == labels
+    return {
+        name: risk_coverage_curve(values, correct)[:2]
+        for name, values in uncertainty_scores(samples).items()
+    }
+
+
+def coverage_at_risk(
+    accepted: np.ndarray, risk: np.ndarray, levels: list[float]
+) -> dict[str, float]:
+    """Per risk level (keyed `:g`): the largest coverage whose error rate among accepted
+    is at most that level (0 when none). Read off the test split: an oracle, not a rule."""
+    return {f"{level:g}": float(accepted[risk <= level].max(initial=0.0)) for level in levels}
+
+
+def acceptance(
+    calibrated: Calibrated, samples: np.ndarray, labels: np.ndarray, rng: np.random.Generator
+) -> dict[str, float | str | None]:
+    """The stored acceptance rule and what it does on the test split (samples (N, T, C)).
+
+    The test figures come from `models.guarantees.measure`, as in training.
+    """
+    rule = calibrated.risk
+    test = measure(calibrated, samples, labels, rng).test
+    return {
+        "score": rule.score,
+        "threshold": rule.threshold,
+        "target_risk": rule.target_risk,
+        "delta": rule.delta,
+        "calibration_accepted_fraction": rule.accepted_fraction,
+        "accepted_fraction": test["accepted_fraction"],
+        "accepted_error_rate": test["accepted_error_rate"],
+        "reason": rule.reason,
+    }
+
+
+def notes(figures: GuaranteeEvaluation) -> list[str]:
+    """What was skipped or went wrong, in words, for the report."""
+    n = figures.calibration_size
+    said: list[str] = []
+    range_text = f"below the allowed range [1/(n+1) = {1.0 / (n + 1):.4g}, 1) with n = {n}"
+    skipped = [f"{a:g}" for a in ALPHAS if f"{a:g}" not in figures.sets["mc"]]
+    if skipped:
+        said.append(f"alpha = {', '.join(skipped)} {range_text}: no coverage or set size there.")
+    unchecked = [f"{a:g}" for a in VALIDITY_ALPHAS if f"{a:g}" not in figures.validity]
+    if unchecked:
+        said.append(f"Validity check at alpha = {', '.join(unchecked)} skipped: {range_text}.")
+    if not figures.class_coverage:
+        said.append(f"Class-conditional coverage skipped: default alpha {range_text}.")
+    for name, row in figures.reproduced.items():
+        if not (row["scores_equal"] and row["rule_equal"]):
+            said.append(
+                f"The refit `{name}` calibration differs from the card's (scores equal: "
+                f"{row['scores_equal']}, largest difference: {row['max_difference']}, rule equal: "
+                f"{row['rule_equal']}): another model, dataset or platform than training's? "
+                "The figures use the card's stored calibration."
+            )
+    for name, row in figures.acceptance.items():
+        if row["threshold"] is None:
+            said.append(f"No `{name}` acceptance threshold was certified: {row['reason']}")
+    return said
 
 
 def headline(result: Evaluation, most: int) -> dict[str, float]:
@@ -117,12 +457,33 @@ def headline(result: Evaluation, most: int) -> dict[str, float]:
     }
     for name, table in result.ood.items():
         figures[f"ood_best_auroc_{name}"] = max(row["auroc"] for row in table.values())
+    if result.guarantees is not None:
+        figures.update(guarantee_headline(result.guarantees))
     return figures
+
+
+def guarantee_headline(figures: GuaranteeEvaluation) -> dict[str, float]:
+    """MC coverage and set size at the default alpha, the stored rule's test acceptance,
+    and whether the validity check passed and the calibration was reproduced."""
+    alpha = f"{figures.default_alpha:g}"
+    row = figures.sets["mc"].get(alpha)
+    headline_figures: dict[str, float] = {}
+    if row is not None:
+        headline_figures[f"coverage@{alpha}"] = row["coverage"]
+        headline_figures[f"set_size@{alpha}"] = row["set_size"]
+    accepted = figures.acceptance["mc"]
+    headline_figures["accepted_fraction"] = float(accepted["accepted_fraction"] or 0.0)
+    headline_figures["accepted_error_rate"] = float(accepted["accepted_error_rate"] or 0.0)
+    checks = figures.validity.values()
+    headline_figures["validity_passed"] = bool(checks) and all(c["passed"] for c in checks)
+    reproduced = figures.reproduced.values()
+    headline_figures["calibration_reproduced"] = all(r["scores_equal"] for r in reproduced)
+    return headline_figures
 
 
 def _write(
     folder: Path, tag: str, card: ModelCard, result: Evaluation, outputs: SplitOutputs,
-    labels: np.ndarray, most: int,
+    labels: np.ndarray, most: int, curves: Curves,
 ) -> None:  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     plot_reliability(
@@ -132,6 +493,28 @@ def _write(
         outputs.samples.mean(axis=1), labels, f"MC dropout, T={most}", folder / "reliability_mc.png"
     )
     plot_abstention(REJECT, result.abstention, folder / "abstention.png")
-    metrics = {"model": tag, "rejected_fractions": REJECT.tolist(), **result.__dict__}
+    if result.guarantees is not None:
+        _plot_guarantees(folder, result.guarantees, curves)
+    metrics = {"model": tag, "rejected_fractions": REJECT.tolist(), **asdict(result)}
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_report(folder / "report.md", tag, card, result, REJECT)
+
+
+def _plot_guarantees(folder: Path, figures: GuaranteeEvaluation, curves: Curves) -> None:
+    """Coverage and set size against alpha, and the risk-coverage curves with each
+    stored rule's test operating point (none where no threshold was certified)."""
+    titles = {
+        "deterministic": "deterministic",
+        "single": "one dropout sample (T=1)",
+        "mc": f"MC dropout (T={figures.samples})",
+    }
+    sets = {titles[name]: figures.sets[name] for name in CALIBRATIONS}
+    plot_set_coverage(sets, figures.calibration_size, folder / SET_PLOT)
+    points = {
+        titles[name]: (float(row["accepted_fraction"]), float(row["accepted_error_rate"]))
+        for name, row in figures.acceptance.items()
+        if row["threshold"] is not None
+    }
+    target = float(figures.acceptance["mc"]["target_risk"])
+    lines = {titles[name]: curve for name, curve in curves.items()}
+    plot_risk_coverage(lines, points, target, folder / RISK_PLOT)

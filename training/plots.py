@@ -1,4 +1,5 @@
-"""Plots: learning curves, reliability diagrams, abstention curves."""
+"""Plots: learning curves, reliability diagrams, abstention curves, prediction-set
+coverage against alpha, risk-coverage curves."""
 
 from __future__ import annotations
 
@@ -77,6 +78,57 @@ def plot_experiment(name: str, results: dict[str, list[dict]], path: Path) -> Pa
     for axis in axes:
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
+    return _save(figure, path)
+
+
+def plot_set_coverage(sets: dict[str, dict[str, dict[str, float]]], n: int, path: Path) -> Path:
+    """Test coverage and mean set size against alpha, one line per calibration.
+
+    `sets` maps a label to {alpha (as text): {"coverage", "set_size"}}; the
+    coverage panel shows the guaranteed 1 - alpha and, dotted, the upper end
+    1 - alpha + 1/(n+1) of the expected coverage with n calibration images.
+    """
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    alphas = [float(a) for rows in sets.values() for a in rows]
+    grid = np.linspace(0.0, max(alphas, default=0.3), 50)
+    left.plot(grid, 1.0 - grid, "--", color="grey", label=r"$1 - \alpha$ (guaranteed)")
+    left.plot(grid, 1.0 - grid + 1.0 / (n + 1), ":", color="grey", label=r"$1 - \alpha + 1/(n+1)$")
+    for label, rows in sets.items():
+        x = [float(a) for a in rows]
+        left.plot(x, [row["coverage"] for row in rows.values()], "o-", label=label)
+        right.plot(x, [row["set_size"] for row in rows.values()], "o-", label=label)
+    title = f"coverage (n={n} calibration images)"
+    left.set(xlabel=r"$\alpha$", ylabel="test coverage", title=title)
+    right.set(xlabel=r"$\alpha$", ylabel="mean set size", title="mean prediction-set size")
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def plot_risk_coverage(
+    curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
+    points: dict[str, tuple[float, float]],
+    target: float,
+    path: Path,
+) -> Path:
+    """Error rate among accepted against fraction accepted: one panel per predictive
+    distribution (`curves` title -> score -> (coverage, risk)), one line per score.
+
+    `points` marks, per title, a stored rule's test operating point (accepted
+    fraction, accepted error rate); the dashed line is the target risk r*.
+    """
+    figure, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4), squeeze=False)
+    for axis, (title, lines) in zip(axes[0], curves.items(), strict=True):
+        for score, (coverage, risk) in lines.items():
+            axis.plot(coverage, risk, ".-", label=score)
+        axis.axhline(target, linestyle="--", color="grey", label=f"target risk r*={target:g}")
+        if title in points:
+            axis.plot(*points[title], "*", color="black", markersize=14, label="chosen rule (test)")
+        axis.set(xlabel="coverage (fraction accepted)", ylabel="risk (error rate of accepted)",
+                 title=title, xlim=(0.0, 1.02))  # fmt: skip
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
     return _save(figure, path)
 
 

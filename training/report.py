@@ -9,6 +9,10 @@ import numpy as np
 
 from models.card import ModelCard
 
+SET_PLOT = "coverage_vs_alpha.png"  # coverage and set size against alpha
+RISK_PLOT = "risk_coverage.png"  # risk-coverage curves with the chosen operating points
+CALIBRATION_NAMES = {"mc": "MC", "single": "T=1"}  # the two calibrations, as table columns
+
 
 def table(header: list[str], rows: list[list[Any]]) -> str:
     """A Markdown table; floats get 4 decimals."""
@@ -22,7 +26,7 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def write_report(path: Path, tag: str, card: ModelCard, result: Any, rejected: np.ndarray) -> Path:
-    """report.md: calibration, OOD detection and abstention tables, and the plots."""
+    """report.md: calibration, OOD detection and abstention tables, the guarantees, the plots."""
     metrics = ["accuracy", "nll", "brier", "ece"]
     calibration = table(
         ["prediction", *metrics],
@@ -69,6 +73,132 @@ Accuracy of the inputs kept after rejecting the most uncertain fraction.
 {abstention}
 
 ![abstention](abstention.png)
-"""
+
+{guarantees_section(result.guarantees)}"""
     path.write_text(text)
     return path
+
+
+def _number(value: Any) -> str:
+    """A figure for a table: 4 decimals, 'n/a' for a missing one."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def guarantees_section(figures: Any) -> str:
+    """The guarantees part of the report, or a note that it was skipped (`figures` None)."""
+    if figures is None:
+        return (
+            "## Guarantees\n\nSkipped: the model has no calibrated guarantees (it was trained "
+            "without a calibration split), so there are no prediction sets or acceptance rule.\n"
+        )
+    parts = [
+        _guarantees_intro(figures),
+        _sets_section(figures),
+        _class_section(figures),
+        _validity_section(figures),
+        _risk_section(figures),
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def _guarantees_intro(figures: Any) -> str:
+    """What was measured, whether training's calibration was reproduced, and the notes."""
+    n, low = figures.calibration_size, 1.0 / (figures.calibration_size + 1)
+    reproduced = all(row["scores_equal"] for row in figures.reproduced.values())
+    text = (
+        f"## Guarantees\n\nThe card's {figures.method.upper()} prediction sets (n = {n} "
+        f"calibration images, allowed alpha in [1/(n+1) = {low:.4f}, 1), default alpha = "
+        f"{figures.default_alpha:g}) and risk-controlled acceptance rule, measured on the test "
+        f"split for MC dropout (T = {figures.samples}) and one dropout sample (T=1).\n\n"
+        f"Calibration reproduced: {'yes' if reproduced else '**no**'} (the calibration split "
+        "rerun with the training seed and refit, compared with the card's stored scores)."
+    )
+    if figures.notes:
+        text += "\n\nNotes:\n\n" + "\n".join(f"- {note}" for note in figures.notes)
+    return text
+
+
+def _sets_section(figures: Any) -> str:
+    """Coverage and mean set size per alpha, both calibrations, and the plot."""
+    rows = [
+        [alpha, _number(1.0 - float(alpha)),
+         *(_number(figures.sets[name].get(alpha, {}).get(key))
+           for name in CALIBRATION_NAMES for key in ("coverage", "set_size"))]
+        for alpha in figures.sets["mc"]
+    ]  # fmt: skip
+    header = ["alpha", "1 - alpha", "coverage (MC)", "set size (MC)",
+              "coverage (T=1)", "set size (T=1)"]  # fmt: skip
+    return (
+        "### Prediction sets\n\nTest coverage (fraction of images whose set holds the true "
+        "class; guaranteed ≥ 1 - alpha on average) and mean set size.\n\n"
+        f"{table(header, rows)}\n\n![coverage and set size against alpha]({SET_PLOT})"
+    )
+
+
+def _class_section(figures: Any) -> str:
+    """Coverage per true class at the default alpha (the guarantee is marginal only)."""
+    if not figures.class_coverage:
+        return "### Class-conditional coverage\n\nSkipped (see the notes)."
+    rows = [
+        [name, row["test_images"], *(_number(row[c]) for c in CALIBRATION_NAMES)]
+        for name, row in figures.class_coverage.items()
+    ]
+    return (
+        f"### Class-conditional coverage (alpha = {figures.default_alpha:g})\n\nThe guarantee is "
+        "marginal: single classes may fall below 1 - alpha.\n\n"
+        + table(["class", "test images", "coverage (MC)", "coverage (T=1)"], rows)
+    )
+
+
+def _validity_section(figures: Any) -> str:
+    """The re-split validity check: one line of verdict and a table per alpha."""
+    checks = figures.validity
+    if not checks:
+        return "### Validity check\n\nValidity check: skipped (see the notes)."
+    first = next(iter(checks.values()))
+    verdict = "passed" if all(row["passed"] for row in checks.values()) else "**failed**"
+    rows = [
+        [alpha, _number(row["mean_coverage"]),
+         f"[{row['lower']:.4f}, {row['upper']:.4f}]", _number(row["standard_error"]),
+         "yes" if row["passed"] else "**no**"]
+        for alpha, row in checks.items()
+    ]  # fmt: skip
+    return (
+        f"### Validity check\n\nValidity check: {verdict}. Over {first['resplits']} random "
+        f"re-splits of the pooled calibration and test outputs (MC) into "
+        f"n = {first['calibration_size']} calibration images and the rest as test, the "
+        "calibration is refit and test coverage measured; the mean coverage must lie in "
+        "[1 - alpha, 1 - alpha + 1/(n+1)] up to 3 standard errors.\n\n"
+        + table(["alpha", "mean coverage", "interval", "standard error", "within"], rows)
+    )
+
+
+def _risk_section(figures: Any) -> str:
+    """Best test coverage at a few risk levels per distribution and score, the stored
+    rules measured on the test split, and the plot."""
+    levels = list(next(iter(next(iter(figures.risk_coverage.values())).values())))
+    curves = [
+        [distribution, score, *(_number(row[level]) for level in levels)]
+        for distribution, scores in figures.risk_coverage.items()
+        for score, row in scores.items()
+    ]
+    rules = [
+        [CALIBRATION_NAMES[name], row["score"], _number(row["threshold"]),
+         f"{row['target_risk']:g}", f"{row['delta']:g}",
+         _number(row["calibration_accepted_fraction"]), _number(row["accepted_fraction"]),
+         _number(row["accepted_error_rate"])]
+        for name, row in figures.acceptance.items()
+    ]  # fmt: skip
+    rule_header = [
+        "calibration", "score", "threshold", "target r*", "δ",
+        "accepted (calibration)", "accepted (test)", "error rate of accepted (test)",
+    ]  # fmt: skip
+    return (
+        "### Risk-coverage\n\nLargest test coverage (fraction accepted, most certain first) "
+        "whose error rate among accepted is at most each risk; read off the test split, so "
+        "the best possible, not a certified rule.\n\n"
+        + table(["distribution", "score", *(f"coverage at risk ≤ {lv}" for lv in levels)], curves)
+        + "\n\nThe stored acceptance rules, measured on the test split:\n\n"
+        + table(rule_header, rules)
+        + f"\n\n![risk-coverage curves]({RISK_PLOT})"
+    )
