@@ -181,7 +181,7 @@ def test_export_then_load_gives_the_same_output(tmp_path):
     assert {"test_accuracy", "test_nll", "test_mc_nll", "test_ece"} <= set(card.metrics)
     assert card.uncertain_threshold is None  # the calibration split replaces the percentile rule
     guarantees = card.guarantees
-    assert guarantees is not None and guarantees.default_alpha == 0.1
+    assert guarantees is not None and guarantees.default_alpha == 1 / (guarantees.mc.sets.n + 1)
     assert guarantees.mc.samples == 5 and guarantees.single.samples == 1
     assert guarantees.mc.sets.n == len(split_dataset(
         load_dataset("digits", PREP), tiny_config().data, 42).calibration.labels)  # fmt: skip

@@ -121,7 +121,12 @@ class TrainConfig(Frozen):
         "lac", description="Prediction-set score: lac (1 - p_y, smallest sets) or aps (adaptive)."
     )
     default_alpha: float = Field(
-        0.1, gt=0.0, lt=1.0, description="Prediction sets miss the true class at most this often."
+        0.02,
+        gt=0.0,
+        lt=1.0,
+        description="Prediction sets miss the true class at most this often. Keep it below the "
+        "model's error rate: above it, LAC meets its coverage by giving hard images empty sets. "
+        "Raised to 1/(n+1) when the calibration split has too few (n) images for it.",
     )
     target_risk: float = Field(
         0.03, gt=0.0, lt=1.0, description="Most errors allowed among accepted answers."

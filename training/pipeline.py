@@ -86,7 +86,8 @@ def fit_guarantees(
             config.target_risk, config.risk_delta, rng,
         )  # fmt: skip
         calibrated[name] = measure(fitted, test.samples[:, keep], splits.test.labels, rng)
-    return Guarantees(default_alpha=config.default_alpha, **calibrated)
+    lowest = calibrated["mc"].sets.alpha_range[0]  # 1/(n+1): a small split cannot go lower
+    return Guarantees(default_alpha=max(config.default_alpha, lowest), **calibrated)
 
 
 def split_roles(splits: Splits) -> dict[str, str]:
