@@ -28,11 +28,11 @@ from models.mc_dropout import ImageSeed, MCDropoutPredictor
 MAX_SEED = 2**53 - 1  # largest request seed: the service's job rows carry seeds in float64
 Samples = Annotated[StrictInt, Field(ge=1, description="Monte Carlo dropout samples.")]
 Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED, description="Makes sampling reproducible.")]
-Alpha = Annotated[
+Alpha = Annotated[  # inclusive bounds (OpenAPI 3.0); 0 and 1 are refused by `resolve_alpha`
     float,
     Field(
-        gt=0.0,
-        lt=1.0,
+        ge=0.0,
+        le=1.0,
         description="Prediction sets miss the true class at most this often (default: the "
         "model's); the smallest allowed is 1/(n+1), n the model's calibration images.",
     ),

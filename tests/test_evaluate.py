@@ -103,8 +103,9 @@ def test_evaluate_reports_and_plots_the_guarantees(evaluated):
         assert f"]({name})" in text
     stored = bentoml.models.get(evaluated.training.tag).info.metadata["evaluation"]
     figures = evaluated.metrics["guarantees"]
-    assert stored["coverage@0.1"] == figures["sets"]["mc"]["0.1"]["coverage"]
-    assert stored["set_size@0.1"] == figures["sets"]["mc"]["0.1"]["set_size"]
+    alpha = f"{evaluated.training.card.guarantees.default_alpha:g}"  # 1/17: n=16 here
+    assert stored[f"coverage@{alpha}"] == figures["sets"]["mc"][alpha]["coverage"]
+    assert stored[f"set_size@{alpha}"] == figures["sets"]["mc"][alpha]["set_size"]
     assert stored["accepted_fraction"] == figures["acceptance"]["mc"]["accepted_fraction"]
     assert stored["accepted_error_rate"] == figures["acceptance"]["mc"]["accepted_error_rate"]
     assert stored["validity_passed"] is True and stored["calibration_reproduced"] is True
@@ -136,6 +137,7 @@ def test_evaluate_coverage_per_alpha_and_class(evaluated):
     n = figures["calibration_size"]  # ~15 of 100 digits: alpha >= 1/16 only
     expected = {f"{a:g}" for a in (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3) if a >= 1 / (n + 1)}
     assert expected == {"0.1", "0.15", "0.2", "0.3"}
+    expected.add(f"{1 / (n + 1):g}")  # the model's default alpha, raised to 1/(n+1), is shown
     for name in ("mc", "single"):
         assert set(figures["sets"][name]) == expected
         for row in figures["sets"][name].values():

@@ -217,9 +217,10 @@ def guarantee_figures(
         samples=card.mc_samples, default_alpha=guarantees.default_alpha,
     )  # fmt: skip
     figures.reproduced = reproduction(guarantees, fit_guarantees(held, test, splits, config))
+    grid = tuple(sorted({*ALPHAS, guarantees.default_alpha}))  # the default is always shown
     for name in CALIBRATIONS:
         calibrated = getattr(guarantees, name)
-        figures.sets[name] = set_figures(calibrated.sets, samples[name], labels, ALPHAS, rng)
+        figures.sets[name] = set_figures(calibrated.sets, samples[name], labels, grid, rng)
         figures.acceptance[name] = acceptance(calibrated, samples[name], labels, rng)
     figures.class_coverage = class_coverage(guarantees, samples, labels, card.class_names, rng)
     pooled = np.concatenate([mean_probabilities(held.samples), mean_probabilities(test.samples)])
