@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from models import uncertainty
 from models.card import ModelCard
-from models.conformal import ranked_members
+from models.conformal import AlphaError, ranked_members
 from models.density import FeatureDensity
 from models.mc_dropout import ImageSeed, MCDropoutPredictor
 
@@ -117,16 +117,16 @@ def sample_and_score(
 
 def resolve_alpha(card: ModelCard, alpha: float | None) -> float | None:
     """The alpha a request is answered with: its own, else the model's default; None for
-    a model without guarantees. Raises ValueError naming the allowed range."""
+    a model without guarantees. Raises AlphaError naming the allowed range."""
     if card.guarantees is None:
         if alpha is not None:
-            raise ValueError(
+            raise AlphaError(
                 "Invalid value for `alpha`: this model has no calibration split, so it serves "
                 "no prediction sets; retrain it with data.calibration_fraction > 0"
             )
         return None
     alpha = card.guarantees.default_alpha if alpha is None else float(alpha)
-    card.guarantees.mc.sets.rank(alpha)  # raises for alpha outside [1/(n+1), 1)
+    card.guarantees.mc.sets.rank(alpha)  # AlphaError for alpha outside [1/(n+1), 1)
     return alpha
 
 

@@ -54,6 +54,10 @@ SUM_TOLERANCE = 1e-4  # how far from 1 a row of probabilities may sum (float32 s
 ALPHA_TOLERANCE = 1e-9  # alpha this close below a grid point j/(n+1) counts as on it
 
 
+class AlphaError(ValueError):
+    """An alpha the calibration cannot answer; the message names the allowed range."""
+
+
 def _check_probs(probs: np.ndarray) -> np.ndarray:
     """`probs` as float64 (B, C), each row a probability distribution."""
     probs = np.asarray(probs, dtype=np.float64)
@@ -221,7 +225,7 @@ class ConformalCalibration(Frozen):
         k = math.ceil((n + 1) * (1.0 - alpha - ALPHA_TOLERANCE)) if alpha < 1.0 else 0
         if not alpha < 1.0 or k > n:
             low = self.alpha_range[0]
-            raise ValueError(
+            raise AlphaError(
                 f"Invalid value for `alpha`: expected 1/(n+1)={low} <= alpha < 1 "
                 f"with n={n} calibration scores, received alpha={alpha}"
             )

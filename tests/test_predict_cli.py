@@ -102,3 +102,10 @@ def test_samples_and_seed_follow_the_service_rules(tag, tmp_path, capsys):
     assert "seed: Input should be greater than or equal to 0" in capsys.readouterr().err
     assert main(["predict", str(path), "--model", tag, "--samples", "0"]) == 2  # not "default"
     assert "samples: Input should be greater than or equal to 1" in capsys.readouterr().err
+
+
+def test_an_alpha_the_model_cannot_answer_exits_2_naming_the_range(tag, tmp_path, capsys):
+    path = tmp_path / "rgba.png"
+    path.write_bytes(_rgba())
+    assert main(["predict", str(path), "--model", tag, "--alpha", "0.001"]) == 2
+    assert "1/(n+1)=" in capsys.readouterr().err

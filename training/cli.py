@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from adapters.quiet import quiet_tensorflow
 from models.config import BaseDtype  # light: pydantic only
+from models.conformal import AlphaError  # light: numpy and pydantic
 from training.config import StrategyName  # light: pydantic and yaml only
 
 NONE_WORDS = ("none", "null", "off")
@@ -296,6 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return commands[args.command](args)
     except ValidationError as error:
         print(_describe(error), file=sys.stderr)
+        return 2
+    except AlphaError as error:  # a flag value the model cannot answer: a usage error
+        print(f"uqserve {args.command}: {error}", file=sys.stderr)
         return 2
     except yaml.YAMLError as error:
         print(f"uqserve {args.command}: config file is not valid YAML: {error}", file=sys.stderr)
