@@ -28,11 +28,9 @@ from models.mc_dropout import ImageSeed, MCDropoutPredictor
 MAX_SEED = 2**53 - 1  # largest request seed: the service's job rows carry seeds in float64
 Samples = Annotated[StrictInt, Field(ge=1, description="Monte Carlo dropout samples.")]
 Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED, description="Makes sampling reproducible.")]
-Alpha = Annotated[  # inclusive bounds (OpenAPI 3.0); 0 and 1 are refused by `resolve_alpha`
+Alpha = Annotated[  # checked by `resolve_alpha`, whose error names the model's range
     float,
     Field(
-        ge=0.0,
-        le=1.0,
         description="Prediction sets miss the true class at most this often (default: the "
         "model's); the smallest allowed is 1/(n+1), n the model's calibration images.",
     ),
@@ -130,25 +128,20 @@ def resolve_alpha(card: ModelCard, alpha: float | None) -> float | None:
     return alpha
 
 
-def aps_randomness(seed: int, count: int) -> np.ndarray:
-    """APS's u for images 0..count-1 of a request: from (seed, index), so a seed reproduces."""
-    return np.array([np.random.default_rng([seed, index, 1]).random() for index in range(count)])
-
-
 def build_answers(
     samples: np.ndarray,
     ood_scores: np.ndarray,
     card: ModelCard,
     alpha: float | None = None,
-    seed: int = 0,
 ) -> list[ImagePrediction]:
     """One `ImagePrediction` per image of samples (n, T, C) and OOD scores (n,) (NaN: none).
 
-    `alpha` comes from `resolve_alpha` (None: no sets); `seed` draws APS's u.
+    `alpha` comes from `resolve_alpha` (None: the model's default). A model
+    without guarantees has no sets and keeps its old percentile flag.
     """
     mean = uncertainty.mean_probabilities(samples)  # (n, C)
     mean = mean / mean.sum(axis=1, keepdims=True)  # float32 round-off: sums to 1
-    sets, accepted = _sets_and_acceptance(samples, card, alpha, seed)
+    sets, accepted = _sets_and_acceptance(samples, card, alpha)
     figures = {
         "variance": uncertainty.variance(samples),  # (n, C)
         "predictive_entropy": uncertainty.predictive_entropy(samples),  # (n,)
@@ -163,16 +156,21 @@ def build_answers(
 
 
 def _sets_and_acceptance(
-    samples: np.ndarray, card: ModelCard, alpha: float | None, seed: int
+    samples: np.ndarray, card: ModelCard, alpha: float | None
 ) -> tuple[np.ndarray | None, np.ndarray]:
-    """Prediction sets (n, C) (None without guarantees) and accepted (n,) for samples (n, T, C)."""
-    if card.guarantees is None or alpha is None:
+    """Prediction sets (n, C) (None without guarantees) and accepted (n,) for samples (n, T, C).
+
+    APS sets are served with u = 0 (the class that crosses the threshold is
+    kept): supersets of the randomized sets, so coverage stays >= 1 - alpha
+    whatever seed a client sends again; a reused seed would fix a random u.
+    """
+    if card.guarantees is None:
         threshold = card.uncertain_threshold
         epistemic = uncertainty.mutual_information(samples)
         return None, np.full(len(samples), True) if threshold is None else epistemic <= threshold
     calibrated = card.guarantees.for_samples(samples.shape[1])
-    u = aps_randomness(seed, len(samples)) if calibrated.sets.method == "aps" else None
-    return calibrated.answer(samples, alpha, u)
+    alpha = card.guarantees.default_alpha if alpha is None else alpha
+    return calibrated.answer(samples, alpha, 0.0 if calibrated.sets.method == "aps" else None)
 
 
 def _answer(

@@ -21,7 +21,7 @@ distribution at the model's default T (`mc`) and for one dropout sample
 from __future__ import annotations
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from models import uncertainty
 from models.config import Frozen
@@ -68,6 +68,22 @@ class Guarantees(Frozen):
     default_alpha: float = Field(gt=0.0, lt=1.0)
     mc: Calibrated
     single: Calibrated
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Guarantees:
+        """Both calibrations from one split and one method, the default alpha answerable."""
+        mc, single = self.mc.sets, self.single.sets
+        if (mc.n, mc.method) != (single.n, single.method):
+            raise ValueError(
+                "mc and single calibrations must share n and method, received "
+                f"{(mc.n, mc.method)} and {(single.n, single.method)}"
+            )
+        if self.default_alpha < mc.alpha_range[0]:
+            raise ValueError(
+                f"Invalid value for `default_alpha`: expected >= 1/(n+1)={mc.alpha_range[0]}, "
+                f"received default_alpha={self.default_alpha}"
+            )
+        return self
 
     def for_samples(self, samples: int) -> Calibrated:
         """The calibration a request with T = `samples` is answered with."""

@@ -189,7 +189,7 @@ class ApiService:
         except ServiceUnavailable:  # the model service shed the request: past the budget
             return _overloaded()
         scores, draws = jobs.split_answer(answer, samples, self.card.model.num_classes)
-        predictions = build_answers(draws, scores, self.card, alpha, seed)  # draws: (n, T, C)
+        predictions = build_answers(draws, scores, self.card, alpha)  # draws: (n, T, C)
         observe.predictions(predictions, samples)
         return PredictionResponse(
             model=self.tag, samples=samples, seed=seed, alpha=alpha, predictions=predictions

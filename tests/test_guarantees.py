@@ -34,7 +34,7 @@ def guarantees() -> Guarantees:
     samples, labels = _samples(400, rng)
     return Guarantees(
         default_alpha=0.1,
-        mc=calibrate(samples, labels, "lac", 0.2, 0.05, rng),
+        mc=calibrate(samples, labels, "aps", 0.2, 0.05, rng),
         single=calibrate(samples[:, :1], labels, "aps", 0.2, 0.05, rng),
     )
 
@@ -81,7 +81,7 @@ def test_answers_carry_sets_most_probable_first_and_the_acceptance_rule(guarante
     card = _card(guarantees)
     rng = np.random.default_rng(3)
     samples, _ = _samples(20, rng)
-    answers = build_answers(samples, np.zeros(20), card, alpha=0.1, seed=5)
+    answers = build_answers(samples, np.zeros(20), card, alpha=0.1)
     accepted = guarantees.mc.risk.accepts(
         {"mutual_information": [a.epistemic for a in answers],
          "predictive_entropy": [a.predictive_entropy for a in answers],
@@ -92,5 +92,8 @@ def test_answers_carry_sets_most_probable_first_and_the_acceptance_rule(guarante
         assert answer.prediction_set == [c for c in ranked if c in answer.prediction_set]
         assert answer.set_size == len(answer.prediction_set)
         assert answer.uncertain == (not ok)
-    again = build_answers(samples[:, :1], np.zeros(20), card, alpha=0.1, seed=5)  # APS, seeded
-    assert again == build_answers(samples[:, :1], np.zeros(20), card, alpha=0.1, seed=5)
+    aps = build_answers(samples[:, :1], np.zeros(20), card, alpha=0.1)  # T=1, APS
+    for answer in aps:  # served with u = 0: the top class is always kept, never an empty set
+        assert answer.prediction_set and answer.prediction_set[0] == answer.label
+    defaulted = build_answers(samples, np.zeros(20), card)  # no alpha: the model's default
+    assert defaulted == build_answers(samples, np.zeros(20), card, alpha=0.1)

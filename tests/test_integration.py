@@ -105,6 +105,7 @@ def _check_served_guarantees(workdir: Path) -> None:
     labels = [stored.card.class_names[y] for y in test.labels]
     n = len(labels)
     covered = np.mean([y in a["prediction_set"] for y, a in zip(labels, answers, strict=True)])
+    assert all(a["set_size"] == len(a["prediction_set"]) for a in answers)  # reported per image
     assert covered >= 0.90 - 3 * np.sqrt(0.1 * 0.9 / n), covered  # marginal, up to 3 SE
     accepted = [y == a["label"] for y, a in zip(labels, answers, strict=True) if not a["uncertain"]]
     risk = guarantees.mc.risk

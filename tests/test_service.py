@@ -228,11 +228,18 @@ def test_one_sample_uses_the_single_sample_calibration(client, tag):
     _check_response(response.json(), images=1, samples=1, tag=tag)
 
 
-@pytest.mark.parametrize("alpha", ["0.001", "1", "1.5", "-0.1", "0", "nan", "tiny"])
-def test_alpha_outside_its_range_is_a_400_naming_it(client, alpha):
+@pytest.mark.parametrize("alpha", ["0.001", "1", "1.5", "-0.1", "0", "nan", "inf"])
+def test_alpha_outside_its_range_is_a_400_naming_the_range(client, alpha):
     response = client.post("/predict", files=_files(png(1)), data={"alpha": alpha})
     assert response.status_code == 400, response.text
-    assert "alpha" in response.json()["error"]
+    assert "alpha: expected 1/(n+1)=" in response.json()["error"]
+    assert "<= alpha < 1" in response.json()["error"]
+
+
+def test_alpha_that_is_not_a_number_is_a_400(client):
+    response = client.post("/predict", files=_files(png(1)), data={"alpha": "tiny"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith("alpha:")
 
 
 def test_alpha_below_one_over_n_plus_one_names_the_range(client, tag):

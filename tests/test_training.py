@@ -295,3 +295,19 @@ def test_without_a_calibration_split_the_old_flag_stays_and_no_sets_are_promised
     assert card.guarantees is None
     assert card.uncertain_threshold is not None
     assert card.splits["calibration"].startswith("0 images")
+
+
+def test_an_older_model_without_a_calibration_split_rebuilds_its_own_splits():
+    from models.card import ModelCard
+    from models.config import ModelConfig
+    from training.data import training_config
+
+    saved = tiny_config().model_dump(mode="json")
+    del saved["data"]["calibration_fraction"]  # as cards written before the split existed
+    card = ModelCard(class_names=tuple("0123456789"), model=ModelConfig(num_classes=10),
+                     training=saved)  # fmt: skip
+    config = training_config(card)
+    assert config.data.calibration_fraction == 0.0
+    splits = split_dataset(load_dataset("digits", PREP), config.data, config.seed)
+    assert len(splits.calibration.labels) == 0 and len(splits.test.labels) == 15
+    assert len(splits.train.labels) + len(splits.validation.labels) == 85

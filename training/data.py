@@ -144,12 +144,22 @@ def split_dataset(dataset: Dataset, config: DataConfig, seed: int) -> Splits:
     )
 
 
+def training_config(card: ModelCard) -> TrainConfig:
+    """The training config saved with a model. A model trained before calibration
+    splits existed had none: its config reads as `calibration_fraction` 0, so its
+    splits rebuild exactly as they were."""
+    values = dict(card.training)
+    data = dict(values.get("data") or {})
+    data.setdefault("calibration_fraction", 0.0)
+    return TrainConfig.model_validate({**values, "data": data})
+
+
 def held_out_split(card: ModelCard) -> Dataset:
     """An exported model's own test split, rebuilt from the training config saved with it.
 
     The split is seeded and stratified, so it is exactly the one training
     held out: `uqserve evaluate` and the precision check measure on it.
     """
-    config = TrainConfig.model_validate(card.training)
+    config = training_config(card)
     data = load_dataset(config.data.dataset, config.preprocessing)
     return split_dataset(data, config.data, config.seed).test

@@ -39,7 +39,7 @@ from models.selective import risk_coverage_curve
 from models.uncertainty import mean_probabilities, mutual_information, predictive_entropy, summarize
 from training import ood_sets
 from training.config import TrainConfig
-from training.data import Splits, load_dataset, split_dataset
+from training.data import Splits, load_dataset, split_dataset, training_config
 from training.outputs import SplitOutputs, predictor_outputs
 from training.pipeline import fit_guarantees
 from training.plots import plot_abstention, plot_reliability, plot_risk_coverage, plot_set_coverage
@@ -114,7 +114,7 @@ def rebuilt_splits(card: ModelCard) -> tuple[Splits, TrainConfig]:
     Like `training.data.held_out_split`, but keeping the calibration split too:
     the split is seeded and stratified, so each part is exactly training's.
     """
-    config = TrainConfig.model_validate(card.training)
+    config = training_config(card)
     data = load_dataset(config.data.dataset, config.preprocessing)
     return split_dataset(data, config.data, config.seed), config
 

@@ -51,8 +51,8 @@ def fit_uncertainty(
     on calibration, metrics on test.
 
     Returns the density, the card's uncertainty fields (`ood_threshold`, and
-    `guarantees`, or without a calibration split the old `uncertain_threshold`)
-    and the test metrics.
+    `guarantees`, or without a calibration split the percentile flag
+    `uncertain_threshold`) and the test metrics.
     """
     predictor = MCDropoutPredictor(model)
     prep, seed, samples = config.preprocessing, config.seed, config.mc_samples

@@ -48,7 +48,7 @@ def predict_files(
     draws, scores = sample_and_score(
         stored.predictor(base_dtype), stored.density(), images, [samples] * len(paths), streams
     )
-    predictions = build_answers(np.stack(draws), scores, stored.card, alpha, seed)  # (n, T, C)
+    predictions = build_answers(np.stack(draws), scores, stored.card, alpha)  # (n, T, C)
     response = PredictionResponse(
         model=stored.tag, samples=samples, seed=seed, alpha=alpha, predictions=predictions
     )
