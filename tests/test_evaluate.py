@@ -224,3 +224,14 @@ def test_certified_rule_is_measured_and_marked(tmp_path):
     point = (row["accepted_fraction"], row["accepted_error_rate"])
     path = plot_risk_coverage({"MC": curves}, {"MC": point}, 0.1, tmp_path / "risk.png")
     assert path.stat().st_size > 10_000
+
+
+def test_evaluate_measures_the_served_answer_at_every_t(evaluated):
+    rows = evaluated.metrics["guarantees"]["by_samples"]
+    assert set(rows) == {"1", "3"}  # the --samples grid of this run
+    assert rows["1"]["calibrated"] is True  # T=1: the single-sample calibration
+    assert rows["3"]["calibrated"] is False  # the card's T is 5: T=3 borrows it
+    for row in rows.values():
+        assert 0.0 <= row["coverage"] <= 1.0 and 0.0 <= row["accepted_fraction"] <= 1.0
+    assert "### Served at other T" in evaluated.report
+    assert "no (uses T=5)" in evaluated.report

@@ -74,6 +74,7 @@ class GuaranteeEvaluation:
     validity: dict[str, dict[str, float | bool | int]] = field(default_factory=dict)
     risk_coverage: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     acceptance: dict[str, dict[str, float | str | None]] = field(default_factory=dict)
+    by_samples: dict[str, dict[str, float | bool]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -168,6 +169,9 @@ def evaluate(
             result.guarantees, curves = _guarantees(
                 predictor, card, splits, config, seed, bar, stages
             )
+            result.guarantees.by_samples = served_by_samples(
+                card.guarantees, outputs.samples, splits.test.labels, grid
+            )
         bar.update(stages, advance=1, description="plots and report")
         folder = output_root / tag.replace(":", "_")  # reports/<name>_<version>
         _write(folder, tag, card, result, outputs, splits.test.labels, most, curves)
@@ -193,6 +197,32 @@ def _guarantees(
     bar.update(stages, advance=1, description=f"test split, T={t}, training seed")
     test = predictor_outputs(predictor, splits.test.images, prep, t, config.seed)
     return guarantee_figures(card, splits, config, (held, test), seed)
+
+
+def served_by_samples(
+    guarantees: Guarantees, samples: np.ndarray, labels: np.ndarray, grid: list[int]
+) -> dict[str, dict[str, float | bool]]:
+    """The served answer at each T of `grid` (from test samples (N, T_max, C)): coverage and
+    set size at the default alpha, accepted fraction and their error rate.
+
+    T = 1 and the card's T are calibrated; every other T borrows the `mc`
+    calibration, as the service does, and this measures how far that holds.
+    """
+    rows: dict[str, dict[str, float | bool]] = {}
+    wrong_at = {t: samples[:, :t].mean(axis=1).argmax(axis=1) != labels for t in grid}
+    for t in grid:
+        calibrated = guarantees.for_samples(t)
+        u = 0.0 if calibrated.sets.method == "aps" else None  # as served
+        members, accepted = calibrated.answer(samples[:, :t], guarantees.default_alpha, u)
+        wrong = wrong_at[t][accepted]
+        rows[str(t)] = {
+            "calibrated": t in (1, calibrated.samples),
+            "coverage": coverage(members, labels),
+            "set_size": float(members.sum(axis=1).mean()),
+            "accepted_fraction": float(accepted.mean()),
+            "accepted_error_rate": float(wrong.mean()) if wrong.size else 0.0,
+        }
+    return rows
 
 
 def guarantee_figures(

@@ -97,8 +97,25 @@ def guarantees_section(figures: Any) -> str:
         _class_section(figures),
         _validity_section(figures),
         _risk_section(figures),
+        _by_samples_section(figures),
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def _by_samples_section(figures: Any) -> str:
+    """The served answer at each evaluated T: calibrated ones and those borrowing `mc`."""
+    rows = [
+        [t, "yes" if row["calibrated"] else "no (uses T=" + str(figures.samples) + ")",
+         row["coverage"], row["set_size"], row["accepted_fraction"], row["accepted_error_rate"]]
+        for t, row in figures.by_samples.items()
+    ]  # fmt: skip
+    header = ["T", "calibrated", f"coverage (alpha = {figures.default_alpha:g})", "set size",
+              "accepted", "error rate of accepted"]  # fmt: skip
+    return (
+        "### Served at other T\n\nA request's T picks its calibration: T=1 and the card's T "
+        "are calibrated, every other T uses the card's. Measured on the test split with "
+        "this report's seed:\n\n" + table(header, rows)
+    )
 
 
 def _guarantees_intro(figures: Any) -> str:
