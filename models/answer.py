@@ -141,13 +141,13 @@ def build_answers(
     """
     mean = uncertainty.mean_probabilities(samples)  # (n, C)
     mean = mean / mean.sum(axis=1, keepdims=True)  # float32 round-off: sums to 1
-    sets, accepted = _sets_and_acceptance(samples, card, alpha)
     figures = {
         "variance": uncertainty.variance(samples),  # (n, C)
         "predictive_entropy": uncertainty.predictive_entropy(samples),  # (n,)
         "aleatoric": uncertainty.expected_entropy(samples),  # (n,)
         "epistemic": uncertainty.mutual_information(samples),  # (n,)
     }
+    sets, accepted = _sets_and_acceptance(samples, figures["epistemic"], card, alpha)
     return [
         _answer(i, mean[i], {k: v[i] for k, v in figures.items()}, sets, accepted[i],
                 float(ood_scores[i]), card)
@@ -156,21 +156,16 @@ def build_answers(
 
 
 def _sets_and_acceptance(
-    samples: np.ndarray, card: ModelCard, alpha: float | None
+    samples: np.ndarray, epistemic: np.ndarray, card: ModelCard, alpha: float | None
 ) -> tuple[np.ndarray | None, np.ndarray]:
-    """Prediction sets (n, C) (None without guarantees) and accepted (n,) for samples (n, T, C).
-
-    APS sets are served with u = 0 (the class that crosses the threshold is
-    kept): supersets of the randomized sets, so coverage stays >= 1 - alpha
-    whatever seed a client sends again; a reused seed would fix a random u.
-    """
+    """Prediction sets (n, C) (None without guarantees) and accepted (n,) for samples (n, T, C);
+    `epistemic` (n,) serves the percentile flag of a model without guarantees."""
     if card.guarantees is None:
         threshold = card.uncertain_threshold
-        epistemic = uncertainty.mutual_information(samples)
         return None, np.full(len(samples), True) if threshold is None else epistemic <= threshold
     calibrated = card.guarantees.for_samples(samples.shape[1])
     alpha = card.guarantees.default_alpha if alpha is None else alpha
-    return calibrated.answer(samples, alpha, 0.0 if calibrated.sets.method == "aps" else None)
+    return calibrated.answer(samples, alpha)
 
 
 def _answer(

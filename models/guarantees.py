@@ -31,14 +31,23 @@ from models.selective import RiskControl, choose_score
 REPORTED_ALPHAS = (0.01, 0.02, 0.05, 0.1, 0.2)  # test coverage and set size recorded at these
 
 
+SCORES = ("mutual_information", "predictive_entropy", "one_minus_max_probability")
+
+
+def uncertainty_score(name: str, samples: np.ndarray) -> np.ndarray:
+    """One candidate acceptance score of samples (n, T, C) -> (n,), higher = less sure."""
+    if name == "mutual_information":
+        return uncertainty.mutual_information(samples)
+    if name == "predictive_entropy":
+        return uncertainty.predictive_entropy(samples)
+    if name == "one_minus_max_probability":
+        return 1.0 - uncertainty.mean_probabilities(samples).max(axis=1)
+    raise ValueError(f"Invalid value for `name`: expected one of {SCORES}, received name={name!r}")
+
+
 def uncertainty_scores(samples: np.ndarray) -> dict[str, np.ndarray]:
-    """The candidate acceptance scores of samples (n, T, C), each (n,), higher = less sure."""
-    mean = uncertainty.mean_probabilities(samples)  # (n, C)
-    return {
-        "mutual_information": uncertainty.mutual_information(samples),
-        "predictive_entropy": uncertainty.predictive_entropy(samples),
-        "one_minus_max_probability": 1.0 - mean.max(axis=1),
-    }
+    """Every candidate acceptance score of samples (n, T, C), each (n,)."""
+    return {name: uncertainty_score(name, samples) for name in SCORES}
 
 
 class Calibrated(Frozen):
@@ -52,14 +61,23 @@ class Calibrated(Frozen):
         "per alpha, accepted fraction and accepted error rate.",
     )  # fmt: skip
 
-    def answer(
-        self, samples: np.ndarray, alpha: float, u: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """samples (n, T, C) -> prediction sets (n, C) bool, accepted (n,) bool."""
+    def served_sets(self, probs: np.ndarray, alpha: float) -> np.ndarray:
+        """Prediction sets (n, C) bool of probabilities (n, C), as the service answers them.
+
+        APS is calibrated randomized but served with u = 0 (the class that
+        crosses the threshold is kept): supersets of the randomized sets, so
+        coverage stays >= 1 - alpha whatever seed a client sends again.
+        """
+        return prediction_sets(probs, self.sets, alpha, 0.0 if self.sets.method == "aps" else None)
+
+    def accepted(self, samples: np.ndarray) -> np.ndarray:
+        """samples (n, T, C) -> accepted (n,) bool: the rule's own score only."""
+        return self.risk.accepts(uncertainty_score(self.risk.score, samples))
+
+    def answer(self, samples: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+        """samples (n, T, C) -> prediction sets (n, C) bool, accepted (n,) bool, as served."""
         probs = uncertainty.mean_probabilities(samples)  # (n, C)
-        members = prediction_sets(probs, self.sets, alpha, u)
-        accepted = self.risk.accepts(uncertainty_scores(samples)[self.risk.score])
-        return members, accepted
+        return self.served_sets(probs, alpha), self.accepted(samples)
 
 
 class Guarantees(Frozen):
@@ -128,20 +146,18 @@ def calibrate(
     return Calibrated(samples=samples.shape[1], sets=sets, risk=risk)
 
 
-def measure(
-    calibrated: Calibrated, samples: np.ndarray, labels: np.ndarray, rng: np.random.Generator
-) -> Calibrated:
-    """`calibrated` with its figures on the test split (samples (n, T, C), labels (n,))."""
+def measure(calibrated: Calibrated, samples: np.ndarray, labels: np.ndarray) -> Calibrated:
+    """`calibrated` with the served answer's figures on the test split (samples (n, T, C),
+    labels (n,))."""
     probs = uncertainty.mean_probabilities(samples)  # (n, C)
     labels = np.asarray(labels)
     figures: dict[str, float] = {}
     low = calibrated.sets.alpha_range[0]
     for alpha in (a for a in REPORTED_ALPHAS if a >= low):
-        u = rng.random(len(labels)) if calibrated.sets.method == "aps" else None
-        members = prediction_sets(probs, calibrated.sets, alpha, u)
+        members = calibrated.served_sets(probs, alpha)
         figures[f"coverage@{alpha:g}"] = coverage(members, labels)
         figures[f"set_size@{alpha:g}"] = float(members.sum(axis=1).mean())
-    accepted = calibrated.risk.accepts(uncertainty_scores(samples)[calibrated.risk.score])
+    accepted = calibrated.accepted(samples)
     wrong = probs.argmax(axis=1) != labels
     figures["accepted_fraction"] = float(accepted.mean())
     figures["accepted_error_rate"] = float(wrong[accepted].mean()) if accepted.any() else 0.0

@@ -215,7 +215,7 @@ def test_certified_rule_is_measured_and_marked(tmp_path):
     held, held_labels = _confident_samples(rng, 2000)
     test, test_labels = _confident_samples(rng, 1000)
     calibrated = calibrate(held, held_labels, "lac", 0.1, 0.05, rng)
-    row = acceptance(calibrated, test, test_labels, rng)
+    row = acceptance(calibrated, test, test_labels)
     assert row["threshold"] is not None and row["score"] == calibrated.risk.score
     assert 0.0 < row["accepted_fraction"] <= 1.0 and row["accepted_error_rate"] < 0.15
     curves = risk_coverage_curves(test, test_labels)

@@ -68,7 +68,7 @@ def test_a_model_without_calibration_serves_no_sets():
 def test_measured_coverage_holds_on_fresh_exchangeable_data(guarantees):
     rng = np.random.default_rng(2)
     samples, labels = _samples(4000, rng)
-    measured = measure(guarantees.mc, samples, labels, rng).test
+    measured = measure(guarantees.mc, samples, labels).test
     for alpha in REPORTED_ALPHAS:  # n=400: every reported alpha is in range
         tolerance = 3 * np.sqrt(alpha * (1 - alpha) / 4000) + 1 / 401
         assert measured[f"coverage@{alpha:g}"] >= 1 - alpha - tolerance

@@ -212,8 +212,7 @@ def served_by_samples(
     wrong_at = {t: samples[:, :t].mean(axis=1).argmax(axis=1) != labels for t in grid}
     for t in grid:
         calibrated = guarantees.for_samples(t)
-        u = 0.0 if calibrated.sets.method == "aps" else None  # as served
-        members, accepted = calibrated.answer(samples[:, :t], guarantees.default_alpha, u)
+        members, accepted = calibrated.answer(samples[:, :t], guarantees.default_alpha)
         wrong = wrong_at[t][accepted]
         rows[str(t)] = {
             "calibrated": t in (1, calibrated.samples),
@@ -234,13 +233,12 @@ def guarantee_figures(
 ) -> tuple[GuaranteeEvaluation, Curves]:
     """Every figure of the card's guarantees from the (calibration, test) `outputs` at its T.
 
-    `seed` draws APS's u for the sets and the validity check's re-splits; the
+    Sets are measured as served; `seed` draws the validity check's re-splits; the
     curves are the risk-coverage curves of each distribution and score.
     """
     guarantees = _required(card.guarantees)
     held, test = outputs
     labels = splits.test.labels
-    rng = np.random.default_rng([seed, 11])  # APS's u for the test sets (LAC ignores it)
     samples = {"mc": test.samples, "single": test.samples[:, :1]}
     figures = GuaranteeEvaluation(
         method=guarantees.mc.sets.method, calibration_size=guarantees.mc.sets.n,
@@ -250,9 +248,9 @@ def guarantee_figures(
     grid = tuple(sorted({*ALPHAS, guarantees.default_alpha}))  # the default is always shown
     for name in CALIBRATIONS:
         calibrated = getattr(guarantees, name)
-        figures.sets[name] = set_figures(calibrated.sets, samples[name], labels, grid, rng)
-        figures.acceptance[name] = acceptance(calibrated, samples[name], labels, rng)
-    figures.class_coverage = class_coverage(guarantees, samples, labels, card.class_names, rng)
+        figures.sets[name] = set_figures(calibrated, samples[name], labels, grid)
+        figures.acceptance[name] = acceptance(calibrated, samples[name], labels)
+    figures.class_coverage = class_coverage(guarantees, samples, labels, card.class_names)
     pooled = np.concatenate([mean_probabilities(held.samples), mean_probabilities(test.samples)])
     pooled_labels = np.concatenate([splits.calibration.labels, labels])
     figures.validity = validity_check(
@@ -303,11 +301,7 @@ def allowed(sets: ConformalCalibration, alpha: float) -> bool:
 
 
 def set_figures(
-    sets: ConformalCalibration,
-    samples: np.ndarray,
-    labels: np.ndarray,
-    alphas: tuple[float, ...],
-    rng: np.random.Generator,
+    calibrated: Calibrated, samples: np.ndarray, labels: np.ndarray, alphas: tuple[float, ...]
 ) -> dict[str, dict[str, float]]:
     """Test coverage and mean set size at each alpha in the allowed range, keyed `:g`.
 
@@ -316,8 +310,8 @@ def set_figures(
     """
     probs = mean_probabilities(samples)  # (N, C)
     rows: dict[str, dict[str, float]] = {}
-    for alpha in (a for a in alphas if allowed(sets, a)):
-        members = prediction_sets(probs, sets, alpha, rng)  # (N, C)
+    for alpha in (a for a in alphas if allowed(calibrated.sets, a)):
+        members = calibrated.served_sets(probs, alpha)  # (N, C), as served
         rows[f"{alpha:g}"] = {
             "coverage": coverage(members, labels),
             "set_size": float(members.sum(axis=1).mean()),
@@ -330,7 +324,6 @@ def class_coverage(
     samples: dict[str, np.ndarray],
     labels: np.ndarray,
     class_names: tuple[str, ...],
-    rng: np.random.Generator,
 ) -> dict[str, dict[str, float | int | None]]:
     """Per class name: its test images and the coverage of its images at the default alpha,
     per calibration (None: no test image). The guarantee is marginal: single
@@ -339,8 +332,7 @@ def class_coverage(
     if not allowed(guarantees.mc.sets, alpha):
         return {}
     members = {
-        name: prediction_sets(mean_probabilities(samples[name]), getattr(guarantees, name).sets,
-                              alpha, rng)
+        name: getattr(guarantees, name).served_sets(mean_probabilities(samples[name]), alpha)
         for name in CALIBRATIONS
     }  # fmt: skip
     rows: dict[str, dict[str, float | int | None]] = {}
@@ -432,14 +424,14 @@ def coverage_at_risk(
 
 
 def acceptance(
-    calibrated: Calibrated, samples: np.ndarray, labels: np.ndarray, rng: np.random.Generator
+    calibrated: Calibrated, samples: np.ndarray, labels: np.ndarray
 ) -> dict[str, float | str | None]:
     """The stored acceptance rule and what it does on the test split (samples (N, T, C)).
 
     The test figures come from `models.guarantees.measure`, as in training.
     """
     rule = calibrated.risk
-    test = measure(calibrated, samples, labels, rng).test
+    test = measure(calibrated, samples, labels).test
     return {
         "score": rule.score,
         "threshold": rule.threshold,

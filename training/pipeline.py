@@ -85,7 +85,7 @@ def fit_guarantees(
             calibration.samples[:, keep], splits.calibration.labels, config.conformal_method,
             config.target_risk, config.risk_delta, rng,
         )  # fmt: skip
-        calibrated[name] = measure(fitted, test.samples[:, keep], splits.test.labels, rng)
+        calibrated[name] = measure(fitted, test.samples[:, keep], splits.test.labels)
     lowest = calibrated["mc"].sets.alpha_range[0]  # 1/(n+1): a small split cannot go lower
     return Guarantees(default_alpha=max(config.default_alpha, lowest), **calibrated)
 
