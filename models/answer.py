@@ -14,7 +14,7 @@ depend on what else was in its batch.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
@@ -126,6 +126,24 @@ def resolve_alpha(card: ModelCard, alpha: float | None) -> float | None:
     alpha = card.guarantees.default_alpha if alpha is None else float(alpha)
     card.guarantees.mc.sets.rank(alpha)  # AlphaError for alpha outside [1/(n+1), 1)
     return alpha
+
+
+class Resolved(NamedTuple):
+    """A request's options with the model's defaults filled in."""
+
+    samples: int
+    seed: int
+    alpha: float | None
+
+
+def resolve_options(card: ModelCard, options: Options) -> Resolved:
+    """The model's T when none is asked, a fresh seed when none is sent, alpha checked
+    (`resolve_alpha`): one rule for the service and the command line."""
+    return Resolved(
+        samples=card.mc_samples if options.samples is None else options.samples,
+        seed=random_seed() if options.seed is None else options.seed,
+        alpha=resolve_alpha(card, options.alpha),
+    )
 
 
 def build_answers(

@@ -32,12 +32,13 @@ from adapters.model_store import StoredModel, require_model
 from models.answer import (
     Alpha,
     Options,
+    Resolved,
     build_answers,
-    random_seed,
-    resolve_alpha,
+    resolve_options,
     sample_and_score,
 )
 from models.card import ModelCard
+from models.conformal import AlphaError
 from models.density import limit_blas_threads
 from models.fingerprint import weights_digest
 from models.preprocessing import Preprocessor
@@ -149,18 +150,17 @@ class ApiService:
 
     def _prepare(
         self, images: np.ndarray | list[np.ndarray], options: Options
-    ) -> tuple[np.ndarray, Options]:
+    ) -> tuple[np.ndarray, Resolved]:
         """Limits, defaults and preprocessing -> (job rows, resolved options). Blocking."""
-        samples = options.samples or self.card.mc_samples
-        if samples > SETTINGS.max_samples:
-            raise BadInput(f"samples: {samples} exceeds the limit of {SETTINGS.max_samples}")
         try:
-            alpha = resolve_alpha(self.card, options.alpha)
-        except ValueError as error:
+            resolved = resolve_options(self.card, options)
+        except AlphaError as error:
             raise BadInput(str(error).replace("Invalid value for `alpha`", "alpha")) from None
-        seed = random_seed() if options.seed is None else options.seed
+        if resolved.samples > SETTINGS.max_samples:
+            limit = SETTINGS.max_samples
+            raise BadInput(f"samples: {resolved.samples} exceeds the limit of {limit}")
         x = self.preprocess(images)  # (n, H, W, 3)
-        return jobs.pack(x, seed, samples), Options(samples=samples, seed=seed, alpha=alpha)
+        return jobs.pack(x, resolved.seed, resolved.samples), resolved
 
     async def _sample(self, rows: np.ndarray) -> np.ndarray:
         """Call the model service, retrying a dropped connection (the call is idempotent).
@@ -180,10 +180,9 @@ class ApiService:
                     raise
         return await self.model_service.to_async.sample(rows)  # last try: errors propagate
 
-    async def _answer(self, prepare: Callable[[], tuple[np.ndarray, Options]]) -> Any:
+    async def _answer(self, prepare: Callable[[], tuple[np.ndarray, Resolved]]) -> Any:
         """Run the blocking `prepare` in a worker thread, sample, build the response."""
-        rows, options = await anyio.to_thread.run_sync(prepare)
-        samples, seed, alpha = options.samples or 1, options.seed or 0, options.alpha
+        rows, (samples, seed, alpha) = await anyio.to_thread.run_sync(prepare)
         try:
             answer = await self._sample(rows)
         except ServiceUnavailable:  # the model service shed the request: past the budget
@@ -235,7 +234,7 @@ class ApiService:
         """Pixel arrays in [0, 255]: (H, W), (H, W, C) or (N, H, W, C)."""
         options = Options(samples=samples, seed=seed, alpha=alpha)
 
-        def prepare() -> tuple[np.ndarray, Options]:
+        def prepare() -> tuple[np.ndarray, Resolved]:
             array = check_array(images, SETTINGS.max_images, SETTINGS.max_pixels)
             return self._prepare(array, options)
 

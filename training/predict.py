@@ -19,8 +19,7 @@ from models.answer import (
     Options,
     PredictionResponse,
     build_answers,
-    random_seed,
-    resolve_alpha,
+    resolve_options,
     sample_and_score,
 )
 from models.card import ModelCard
@@ -40,9 +39,7 @@ def predict_files(
     the service's field rules for `samples` and `seed`), and the model's card."""
     options = Options(samples=samples, seed=seed, alpha=alpha)  # exits 2 naming a bad flag
     stored = StoredModel.open(tag)
-    alpha = resolve_alpha(stored.card, options.alpha)
-    samples = stored.card.mc_samples if options.samples is None else options.samples
-    seed = random_seed() if options.seed is None else options.seed
+    samples, seed, alpha = resolve_options(stored.card, options)
     images = Preprocessor(stored.card.model.preprocessing)([read_image(p) for p in paths])
     streams = [(seed, index) for index in range(len(paths))]
     draws, scores = sample_and_score(
