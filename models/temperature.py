@@ -26,7 +26,8 @@ BOUNDS = (0.05, 20.0)  # temperatures searched by `fit_temperature`
 
 
 def _check_temperature(temperature: float) -> float:
-    if not (isinstance(temperature, int | float) and math.isfinite(temperature)) or temperature <= 0:
+    number = isinstance(temperature, int | float) and not isinstance(temperature, bool)
+    if not (number and math.isfinite(temperature)) or temperature <= 0:
         raise ValueError(
             "Invalid value for `temperature`: expected a finite number > 0, "
             f"received temperature={temperature!r}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -50,7 +52,7 @@ def test_corruptions_have_five_intensities_moving_further_each_step(shift):
     assert shift.intensities == 5
     distance = [np.abs(shift.apply(clean, i, seed=3) - clean).mean() for i in range(6)]
     assert distance[0] == 0.0
-    assert all(a < b for a, b in zip(distance, distance[1:])), distance
+    assert all(a < b for a, b in itertools.pairwise(distance)), distance
 
 
 @pytest.mark.parametrize("shift", SHIFTS, ids=lambda s: s.name)
@@ -80,7 +82,7 @@ def test_conditions_full_and_quick():
 def test_bad_names_and_intensities_are_named():
     with pytest.raises(ValueError, match="Invalid value for `shift`"):
         by_name("fog")
-    with pytest.raises(ValueError, match="Invalid value for `intensity`: expected 0..5"):
+    with pytest.raises(ValueError, match=r"Invalid value for `intensity`: expected 0\.\.5"):
         by_name("blur").parameter(6)
     with pytest.raises(ValueError, match=r"expected shape \(N, H, W, C\)"):
         by_name("blur").apply(np.zeros((4, 4)), 1, seed=0)

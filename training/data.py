@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,14 @@ CIFAR10_CLASSES = (
     "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
 KERAS_DATASETS = ("mnist", "fashion_mnist", "cifar10")
+# Debian's `dataset-fashion-mnist` package: the same four IDX files Keras downloads.
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_DIR_ENV = "UQSERVE_FASHION_MNIST_DIR"
+FASHION_MNIST_FILES = (
+    ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+)  # (images, labels) of train, then test
+IDX_UNSIGNED_BYTE = 0x08
 
 
 class DatasetError(RuntimeError):
@@ -63,21 +73,113 @@ def _digits() -> Dataset:
     return Dataset(images, digits.target.astype(np.int64), tuple(str(i) for i in range(10)))
 
 
+def _train_then_test(
+    train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], name: str
+) -> Dataset:
+    """Train then test as one dataset (float32 pixels, int64 labels): the split is ours."""
+    names = {"mnist": tuple(str(i) for i in range(10)), "fashion_mnist": FASHION_MNIST_CLASSES}
+    images = np.concatenate([train[0], test[0]]).astype(np.float32)
+    labels = np.concatenate([train[1], test[1]]).reshape(-1).astype(np.int64)
+    return Dataset(images, labels, names.get(name, CIFAR10_CLASSES))
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """A gzipped IDX array of unsigned bytes with `ndim` dimensions (the MNIST format).
+
+    The header is big-endian: a magic number (two zero bytes, the data type
+    code 0x08, the number of dimensions), then each dimension as uint32.
+    Checked against the file's length so a truncated or foreign file is named,
+    not reshaped into garbage.
+    """
+    try:
+        with gzip.open(path, "rb") as stream:
+            data = stream.read()
+    except (OSError, EOFError) as error:
+        raise DatasetError(f"Could not read IDX file {path}: {error}") from error
+    expected = bytes((0, 0, IDX_UNSIGNED_BYTE, ndim))
+    if data[:4] != expected:
+        raise DatasetError(
+            f"Invalid IDX file {path}: expected magic number 0x{expected.hex()} (unsigned "
+            f"bytes, {ndim} dimensions), received 0x{data[:4].hex()}"
+        )
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DatasetError(
+            f"Invalid IDX file {path}: expected a {header}-byte header ({ndim} dimensions), "
+            f"received {len(data)} bytes"
+        )
+    shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
+    if len(data) != header + int(np.prod(shape)):
+        raise DatasetError(
+            f"Invalid IDX file {path}: expected {header + int(np.prod(shape))} bytes for "
+            f"shape {shape}, received {len(data)} bytes"
+        )
+    return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
+
+
+def _idx_part(folder: Path, images_file: str, labels_file: str) -> tuple[np.ndarray, np.ndarray]:
+    """One part (train or test): N 28x28 images and N labels 0..9, checked against each other."""
+    images, labels = read_idx(folder / images_file, 3), read_idx(folder / labels_file, 1)
+    if images.shape[1:] != (28, 28):
+        raise DatasetError(
+            f"Invalid IDX file {folder / images_file}: expected images of 28x28 pixels, "
+            f"received shape {images.shape}"
+        )
+    if len(labels) != len(images):
+        raise DatasetError(
+            f"Invalid IDX file {folder / labels_file}: expected {len(images)} labels (one per "
+            f"image in {images_file}), received {len(labels)}"
+        )
+    if labels.size and labels.max() >= len(FASHION_MNIST_CLASSES):
+        raise DatasetError(
+            f"Invalid IDX file {folder / labels_file}: expected labels 0..9, "
+            f"received {int(labels.max())}"
+        )
+    return images, labels
+
+
+def fashion_mnist_dir() -> Path:
+    """Where Fashion-MNIST's IDX files are looked for: `UQSERVE_FASHION_MNIST_DIR` if set,
+    else Debian's package folder."""
+    return Path(os.environ.get(FASHION_MNIST_DIR_ENV) or FASHION_MNIST_DIR).expanduser()
+
+
+def has_idx_files(folder: Path) -> bool:
+    """Whether `folder` holds all four Fashion-MNIST IDX files."""
+    return all((folder / name).is_file() for pair in FASHION_MNIST_FILES for name in pair)
+
+
+def load_fashion_mnist_idx(folder: Path) -> Dataset:
+    """Fashion-MNIST from its four IDX files in `folder`: offline, and the same dataset
+    (train then test, same order) as `keras.datasets.fashion_mnist`."""
+    train, test = (_idx_part(folder, *names) for names in FASHION_MNIST_FILES)
+    return _train_then_test(train, test, "fashion_mnist")
+
+
 def _keras_dataset(name: str) -> Dataset:
-    """mnist, fashion_mnist or cifar10 through `keras.datasets` (downloaded once, cached)."""
+    """mnist, fashion_mnist or cifar10 through `keras.datasets` (downloaded once, cached).
+
+    Fashion-MNIST is read from local IDX files instead when `fashion_mnist_dir()`
+    holds them (Debian's `dataset-fashion-mnist`), so it works offline.
+    """
+    if name == "fashion_mnist" and has_idx_files(fashion_mnist_dir()):
+        return load_fashion_mnist_idx(fashion_mnist_dir())
     module = getattr(keras.datasets, name)
     try:
-        (x_train, y_train), (x_test, y_test) = module.load_data()
+        train, test = module.load_data()
     except Exception as error:
+        local = (
+            f"Or put its four IDX files in {fashion_mnist_dir()} (Debian: apt install "
+            f"dataset-fashion-mnist; elsewhere set {FASHION_MNIST_DIR_ENV}). "
+            if name == "fashion_mnist"
+            else ""
+        )
         raise DatasetError(
             f"Could not load {name!r} through keras.datasets (no network and no cached copy?). "
             "Use --dataset digits (bundled) or --dataset PATH to a folder of class sub-folders. "
-            f"Cause: {error}"
+            f"{local}Cause: {error}"
         ) from error
-    names = {"mnist": tuple(str(i) for i in range(10)), "fashion_mnist": FASHION_MNIST_CLASSES}
-    images = np.concatenate([x_train, x_test]).astype(np.float32)
-    labels = np.concatenate([y_train, y_test]).reshape(-1).astype(np.int64)
-    return Dataset(images, labels, names.get(name, CIFAR10_CLASSES))
+    return _train_then_test(train, test, name)
 
 
 def _folder(path: Path, preprocessing: PreprocessingConfig) -> Dataset:

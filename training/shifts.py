@@ -29,7 +29,8 @@ def _check_images(images: np.ndarray) -> np.ndarray:
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4:
         raise ValueError(
-            f"Invalid value for `images`: expected shape (N, H, W, C), received shape={images.shape}"
+            "Invalid value for `images`: expected shape (N, H, W, C), "
+            f"received shape={images.shape}"
         )
     return images
 
