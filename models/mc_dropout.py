@@ -159,6 +159,7 @@ class MCDropoutPredictor:
         base = _in_precision(get_base(model), base_dtype)
         self._base_copy = None if base is get_base(model) else base
         self._extractor = _extractor(base, layers[:split])
+        self._prefix = layers[:split]  # head layers before the first Dropout
         self._suffix = layers[split:]
 
     @property
@@ -200,6 +201,20 @@ class MCDropoutPredictor:
     def hidden(self, images: np.ndarray) -> np.ndarray:
         """The input of the first Dropout (B, ...): base + head layers before it."""
         return self.forward(images)[1]
+
+    def hidden_from_maps(self, maps: np.ndarray) -> np.ndarray:
+        """The input of the first Dropout (B, ...) from the base's feature maps (B, h, w, 512).
+
+        For callers that cached the base's output (`uqserve compare` trains and
+        samples many heads on the same maps), so the base never runs again.
+        """
+        chunks = []
+        for start in range(0, len(maps), self.batch_size):
+            x = ops.convert_to_tensor(maps[start : start + self.batch_size])
+            for layer in self._prefix:
+                x = layer(x, training=False)
+            chunks.append(ops.convert_to_numpy(x))
+        return np.concatenate(chunks, axis=0)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Deterministic probabilities (B, C): dropout off, equal to `model(x)` (float error)."""

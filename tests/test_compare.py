@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from training.cli import main
 from training.compare import EXPERIMENTS, plan
 
@@ -50,6 +52,31 @@ def test_every_experiment_variant_is_a_valid_config():
     for variants in EXPERIMENTS.values():
         for _, change in variants:
             TrainConfig.model_validate(deep_merge({}, change))
-    assert {"optimizers", "bn_dropout", "schedules", "init_activation", "clipping"} == set(
-        EXPERIMENTS
-    )
+    assert set(EXPERIMENTS) == {
+        "optimizers", "bn_dropout", "schedules", "init_activation", "clipping", "mc_dropout"
+    }  # fmt: skip
+
+
+def test_compare_mc_dropout_reports_every_predictor_clean_and_shifted(tmp_path):
+    output = tmp_path / "compare"
+    code = main([
+        "compare", "--quick", "--seeds", "2", "--experiments", "mc_dropout",
+        "--output-report", str(output), "--mc-samples", "5",
+    ])  # fmt: skip
+    assert code == 0
+    results = json.loads((output / "results.json").read_text())
+    names = ["deterministic", "deterministic + temperature", "MC T=5", "MC T=10", "MC T=30",
+             "MC T=100", "MC T=5 + temperature"]  # fmt: skip
+    for runs in results["mc_dropout"].values():
+        for run in runs:
+            for group in ("clean", "shifted"):
+                for name in names:
+                    assert (
+                        np.isfinite(run[f"{group}_nll/{name}"]) and run[f"{group}_nll/{name}"] > 0
+                    )
+                    assert 0.0 <= run[f"{group}_ece/{name}"] <= 1.0
+            assert 0.05 <= run["temperature/mc"] <= 20.0
+    report = (output / "report.md").read_text()
+    assert "**Test NLL, mean over the shifted conditions**" in report
+    assert "| variant | " + " | ".join(names) + " |" in report  # predictors are columns
+    assert "| default: dropout 0.5, max-norm 3 |" in report

@@ -30,7 +30,8 @@ from training.evaluate import (
 from training.outputs import predictor_outputs
 from training.pipeline import TrainResult, run_training
 from training.plots import plot_risk_coverage
-from training.report import RISK_PLOT, SET_PLOT, guarantees_section
+from training.report import CORRUPTION_PLOT, RISK_PLOT, ROTATION_PLOT, SET_PLOT, guarantees_section
+from training.shifts import conditions
 
 NEW_PLOTS = (SET_PLOT, RISK_PLOT)
 
@@ -69,6 +70,7 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Evaluated:
         code = main([
             "evaluate", "--model", "eval_test:latest", "--samples", "1", "3",
             "--ood-folder", str(folder), "--output", str(tmp_path / "reports"),
+            "--shift", "--quick",
         ])  # fmt: skip
     report_dir = tmp_path / "reports" / result.tag.replace(":", "_")
     return Evaluated(result, report_dir, code, stdout.getvalue(), folder)
@@ -235,3 +237,54 @@ def test_evaluate_measures_the_served_answer_at_every_t(evaluated):
         assert 0.0 <= row["coverage"] <= 1.0 and 0.0 <= row["accepted_fraction"] <= 1.0
     assert "### Served at other T" in evaluated.report
     assert "no (uses T=5)" in evaluated.report
+
+
+SHIFT_PREDICTORS = {"deterministic", "deterministic + temperature", "MC T=3", "MC T=5",
+                    "MC T=5 + temperature"}  # fmt: skip
+
+
+def test_evaluate_shift_measures_every_predictor_on_every_condition(evaluated):
+    figures = evaluated.metrics["shift"]
+    rows = figures["conditions"]
+    assert [(r["shift"], r["intensity"]) for r in rows] == [("clean", 0)] + [
+        (s.name, i) for s, i in conditions(quick=True)
+    ]
+    assert figures["served"] == "MC T=5"  # the card's T
+    for row in rows:
+        assert set(row["predictors"]) == SHIFT_PREDICTORS
+        assert 0.0 <= row["ood_fraction"] <= 1.0
+        for name, cell in row["predictors"].items():
+            assert 0.0 <= cell["accuracy"] <= 1.0 and 0.0 <= cell["ece"] <= 1.0
+            assert np.isfinite(cell["nll"]) and cell["nll"] > 0.0
+            assert 0.0 <= cell["coverage"] <= 1.0 and 0.0 <= cell["set_size"] <= 10.0
+            assert ("uncertain_fraction" in cell) == (name in {"MC T=3", "MC T=5"})
+    assert set(figures["ood_sets"]) == {
+        "photo_crops",
+        "noise",
+        f"folder:{evaluated.ood_folder.name}",
+    }
+    for temperature in figures["temperatures"].values():
+        assert 0.05 <= temperature <= 20.0
+
+
+def test_evaluate_shift_clean_condition_is_the_plain_evaluation(evaluated):
+    clean = evaluated.metrics["shift"]["conditions"][0]["predictors"]
+    plain = evaluated.metrics["calibration"]
+    assert clean["deterministic"]["nll"] == pytest.approx(plain["deterministic"]["nll"], rel=1e-3)
+    assert clean["MC T=3"]["nll"] == pytest.approx(plain["mc_T3"]["nll"], rel=1e-3)
+
+
+def test_evaluate_shift_summary_report_plots_and_headline(evaluated):
+    figures = evaluated.metrics["shift"]
+    for name, row in figures["summary"].items():
+        shifted = [r["predictors"][name]["nll"] for r in figures["conditions"][1:]]
+        assert row["shifted_nll"] == pytest.approx(np.mean(shifted))
+        assert row["clean_nll"] == figures["conditions"][0]["predictors"][name]["nll"]
+    assert "## Under distribution shift" in evaluated.report
+    for plot in (ROTATION_PLOT, CORRUPTION_PLOT):
+        assert (
+            evaluated.folder / plot
+        ).stat().st_size > 10_000 and f"]({plot})" in evaluated.report
+    stored = bentoml.models.get(evaluated.training.tag).info.metadata["evaluation"]
+    assert stored["shifted_nll_mc"] == figures["summary"]["MC T=5"]["shifted_nll"]
+    assert "shifted," in evaluated.stdout

@@ -124,6 +124,21 @@ def test_forward_gives_embeddings_and_the_deterministic_answer(model, images):
     )
 
 
+def test_hidden_from_cached_base_maps_equals_the_full_pass(images):
+    head = HeadConfig(hidden_units=(16,), dropout_rates=(0.3,), input_dropout=0.2)
+    model = tiny_model(head)  # the first Dropout on the pooled features
+    randomize_bn_statistics(model)
+    predictor = MCDropoutPredictor(model, batch_size=4)
+    maps = get_base(model).predict_on_batch(images)  # (B, h, w, 512)
+    np.testing.assert_allclose(predictor.hidden_from_maps(maps), predictor.hidden(images),
+                               atol=1e-5)  # fmt: skip
+    deep = MCDropoutPredictor(tiny_model(HeadConfig(hidden_units=(16,), dropout_rates=(0.3,))))
+    maps = get_base(deep.model).predict_on_batch(images)
+    hidden = deep.hidden_from_maps(maps)  # after Dense, BN, activation
+    assert hidden.shape == (len(images), 16)
+    np.testing.assert_allclose(hidden, deep.hidden(images), atol=1e-5)
+
+
 def test_sample_each_gives_each_image_its_own_count(model, images):
     predictor = MCDropoutPredictor(model)
     counts = [3, 5, 3, 1, 5, 2]

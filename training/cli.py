@@ -66,6 +66,7 @@ TRAIN_FLAGS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("--strategy", "strategy", {"choices": get_args(StrategyName), "help": "default: one device; mirrored: all local GPUs; multi_worker: cluster from TF_CONFIG"}),  # noqa: E501
     ("--scale-learning-rate", "scale_learning_rate", {"action": argparse.BooleanOptionalAction, "help": "learning rates x replicas (default: on)"}),  # noqa: E501
     ("--patience", "early_stopping_patience", {"type": _optional(int), "help": "early stopping; none = off"}),  # noqa: E501
+    ("--early-stopping-monitor", "early_stopping_monitor", {"choices": ("val_loss", "val_accuracy")}),  # noqa: E501
     ("--cache-features", "cache_features", {"action": argparse.BooleanOptionalAction}),
     ("--fine-tune-blocks", "fine_tune_blocks", {"type": int}),
     ("--fine-tune-epochs", "fine_tune_epochs", {"type": int}),
@@ -164,6 +165,13 @@ def _add_evaluate(subparsers: Any) -> None:
                         help="MC dropout T values to report")  # fmt: skip
     parser.add_argument("--ood-folder", type=Path, action="append", default=[],
                         help="extra OOD images (repeatable)")  # fmt: skip
+    parser.add_argument("--ood-set", action="append", default=[], choices=("mnist",),
+                        help="built-in OOD set (repeatable; mnist: uqserve[eval])")  # fmt: skip
+    parser.add_argument("--shift", action="store_true",
+                        help="the test split under rotation, noise, blur, contrast, translation; "
+                        "deterministic, temperature-scaled and MC predictors compared")  # fmt: skip
+    parser.add_argument("--quick", action="store_true",
+                        help="with --shift: two intensities per shift (a smoke test)")  # fmt: skip
     parser.add_argument("--output", type=Path, default=Path("reports"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -229,17 +237,25 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from training.evaluate import evaluate
+    from training.evaluate import Options, evaluate
 
-    folder, result = evaluate(
-        args.model, args.output, sorted(args.samples), args.ood_folder, args.seed, args.quiet
-    )
+    options = Options(
+        grid=sorted(set(args.samples)), folders=args.ood_folder, named=args.ood_set,
+        seed=args.seed, shift=args.shift, quick=args.quick,
+    )  # fmt: skip
+    folder, result = evaluate(args.model, args.output, options, args.quiet)
     for name, row in result.calibration.items():
         figures = "  ".join(f"{m} {row[m]:.4f}" for m in ("accuracy", "nll", "ece"))
         print(f"{name:>14}: {figures}")
     for name, table in result.ood.items():
         best = max(table, key=lambda score: table[score]["auroc"])
         print(f"OOD {name}: best AUROC {table[best]['auroc']:.4f} ({best})")
+    if result.shift is not None:
+        for name, row in result.shift.summary.items():
+            figures = "  ".join(
+                f"{m} {row[f'shifted_{m}']:.4f}" for m in ("accuracy", "nll", "ece")
+            )
+            print(f"shifted, {name:>30}: {figures}")
     print(f"report: {folder / 'report.md'}")
     return 0
 

@@ -17,15 +17,21 @@ import keras
 import numpy as np
 from rich.progress import Progress
 
+from models.architecture import compose
 from models.backbone import build_base
 from models.head import build_head
-from models.uncertainty import expected_calibration_error, nll
+from models.mc_dropout import MCDropoutPredictor
+from models.preprocessing import rgb_at_size
+from models.uncertainty import expected_calibration_error, nll, summarize
 from training.base_maps import base_maps
 from training.config import TrainConfig, deep_merge
-from training.data import load_dataset, split_dataset
+from training.data import Dataset, load_dataset, split_dataset
+from training.outputs import SplitOutputs
 from training.plots import plot_experiment
 from training.progress import progress_bar
 from training.report import table
+from training.shift_evaluation import MC_GRID, fit_temperatures, predictors
+from training.shifts import conditions
 from training.train import fit_on_base_maps
 
 GLOROT_HE = ("glorot_uniform", "he_normal")
@@ -56,6 +62,21 @@ EXPERIMENTS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("no clipping, lr 0.5", {"optimizer": {**HIGH_RATE, "name": "momentum"}}),
         ("clipnorm 1.0, lr 0.5", {"optimizer": {**HIGH_RATE, "name": "momentum", "clipnorm": 1.0}}),
     ],
+    "mc_dropout": [
+        ("default: dropout 0.5, max-norm 3", {}),
+        ("dropout 0.3", {"head": {"dropout_rates": (0.3,)}}),
+        ("dropout 0.7", {"head": {"dropout_rates": (0.7,)}}),
+        ("input dropout 0.2 + 0.5", {"head": {"input_dropout": 0.2}}),
+        (
+            "two blocks, dropout 0.5 each",
+            {"head": {"hidden_units": (256, 256), "dropout_rates": (0.5, 0.5)}},
+        ),
+        ("max-norm 1", {"head": {"max_norm": 1.0}}),
+        ("no max-norm", {"head": {"max_norm": None}}),
+        ("early stopping on accuracy", {"early_stopping_monitor": "val_accuracy"}),
+        ("no early stopping, 30 epochs", {"early_stopping_patience": None}),
+        ("no early stopping, 100 epochs", {"early_stopping_patience": None, "epochs": 100}),
+    ],
 }
 
 
@@ -64,18 +85,28 @@ Run = tuple[str, str, dict[str, Any], int]
 Results = dict[str, dict[str, list[dict[str, Any]]]]  # experiment -> variant -> one per seed
 
 
+UNCERTAINTY_EXPERIMENTS = ("mc_dropout",)  # runs that also measure predictors under shift
+
+
 @dataclass(frozen=True)
 class Cached:
-    """The base's feature maps and the labels of the three splits."""
+    """The base's feature maps and the labels of the three splits; for the uncertainty
+    experiments also the base and the test split's maps under each shift."""
 
     train: tuple[np.ndarray, np.ndarray]
     validation: tuple[np.ndarray, np.ndarray]
     test: tuple[np.ndarray, np.ndarray]
     classes: int
+    base: keras.Model | None = None
+    shifted: dict[str, np.ndarray] | None = None  # "rotation 3" -> maps of the test split
 
 
-def cache_features(config: TrainConfig, progress: Progress | None = None) -> Cached:
-    """Run the frozen base once over every split (one `progress` task per split)."""
+def cache_features(
+    config: TrainConfig, progress: Progress | None = None, shifts: bool = False,
+    quick: bool = False,
+) -> Cached:  # fmt: skip
+    """Run the frozen base once over every split (one `progress` task per split) and,
+    with `shifts`, over the test split under each shift (`quick`: two per shift)."""
     data = load_dataset(config.data.dataset, config.preprocessing)
     splits = split_dataset(data, config.data, config.seed)
     base = build_base((*config.preprocessing.image_size, 3), config.base_weights)
@@ -86,11 +117,32 @@ def cache_features(config: TrainConfig, progress: Progress | None = None) -> Cac
             base, part, config.preprocessing, progress=progress, description=f"base maps: {name}"
         )
         parts.append((maps, part.labels))
-    return Cached(*parts, classes=len(data.class_names))
+    if not shifts:
+        return Cached(*parts, classes=len(data.class_names))
+    shifted = shifted_maps(base, splits.test, config, progress, quick)
+    return Cached(*parts, classes=len(data.class_names), base=base, shifted=shifted)
 
 
-def run_once(cached: Cached, config: TrainConfig) -> dict[str, Any]:
-    """Train one head; its curves, best validation accuracy, test NLL and ECE, wall time."""
+def shifted_maps(
+    base: keras.Model, test: Dataset, config: TrainConfig, progress: Progress | None, quick: bool
+) -> dict[str, np.ndarray]:
+    """The base's maps of the test split under each (shift, intensity), keyed "name i"."""
+    prep = config.preprocessing
+    clean = keras.ops.convert_to_numpy(rgb_at_size(test.images, prep))  # (N, H, W, 3)
+    chosen = conditions(quick)
+    task = None if progress is None else progress.add_task("shifted test maps", total=len(chosen))
+    maps = {}
+    for shift, intensity in chosen:
+        moved = Dataset(shift.apply(clean, intensity, config.seed), test.labels, test.class_names)
+        maps[f"{shift.name} {intensity}"] = base_maps(base, moved, prep)
+        if progress is not None and task is not None:
+            progress.advance(task)
+    return maps
+
+
+def run_once(cached: Cached, config: TrainConfig, uncertainty: bool = False) -> dict[str, Any]:
+    """Train one head; its curves, best validation accuracy, test NLL and ECE, wall time;
+    with `uncertainty`, also every predictor's figures clean and under shift."""
     keras.utils.set_random_seed(config.seed)
     head = build_head(cached.train[0].shape[1:], cached.classes, config.head)
     start = time.perf_counter()
@@ -107,7 +159,44 @@ def run_once(cached: Cached, config: TrainConfig) -> dict[str, Any]:
         "test_nll": nll(probs[:, None], cached.test[1]),
         "test_ece": expected_calibration_error(probs, cached.test[1]),
         "seconds": seconds,
+        **(uncertainty_figures(head, cached, config) if uncertainty else {}),
     }
+
+
+def _outputs(
+    predictor: MCDropoutPredictor, maps: np.ndarray, samples: int, seed: int
+) -> SplitOutputs:
+    """Deterministic answer and `samples` MC draws from cached base maps (image i: stream
+    (seed, i), as `training.outputs.predictor_outputs` draws them)."""
+    hidden = predictor.hidden_from_maps(maps)
+    rngs = [np.random.default_rng([seed, i]) for i in range(len(hidden))]
+    draws = predictor.sample_from_hidden(hidden, samples, rngs)  # (N, T, C)
+    return SplitOutputs(np.empty((len(hidden), 0)), predictor.predict_from_hidden(hidden), draws)
+
+
+def uncertainty_figures(head: keras.Model, cached: Cached, config: TrainConfig) -> dict[str, float]:
+    """NLL and ECE of every predictor of `training.shift_evaluation` on the clean test
+    split and averaged over the shifted conditions, keyed "clean_nll/<predictor>" etc.
+
+    Temperatures are fitted on the validation split; MC draws use the run's seed.
+    """
+    if cached.base is None or cached.shifted is None:
+        raise ValueError("Invalid value for `cached`: expected `cache_features(..., shifts=True)`")
+    predictor = MCDropoutPredictor(compose(cached.base, head))
+    compared = predictors(MC_GRID, config.mc_samples)
+    most = max(p.samples or 1 for p in compared)
+    validation = _outputs(predictor, cached.validation[0], config.mc_samples, config.seed)
+    temperatures = fit_temperatures(validation, cached.validation[1], config.mc_samples)
+    clean = _outputs(predictor, cached.test[0], most, config.seed)
+    shifted = [_outputs(predictor, maps, most, config.seed) for maps in cached.shifted.values()]
+    labels, figures = cached.test[1], {}
+    for p in compared:
+        for group, parts in (("clean", [clean]), ("shifted", shifted)):
+            rows = [summarize(p.read(outputs, temperatures), labels) for outputs in parts]
+            for metric in ("nll", "ece"):
+                figures[f"{group}_{metric}/{p.name}"] = float(np.mean([r[metric] for r in rows]))
+    figures.update({f"temperature/{k}": v for k, v in temperatures.items()})
+    return figures
 
 
 def plan(names: list[str], seeds: list[int], quick: bool = False) -> list[Run]:
@@ -127,7 +216,8 @@ def run_all(cached: Cached, base: dict[str, Any], runs: list[Run], progress: Pro
     for experiment, variant, change, seed in runs:
         progress.update(task, description=f"{experiment}: {variant}, seed {seed}")
         config = TrainConfig.model_validate(deep_merge(deep_merge(base, change), {"seed": seed}))
-        results.setdefault(experiment, {}).setdefault(variant, []).append(run_once(cached, config))
+        figures = run_once(cached, config, experiment in UNCERTAINTY_EXPERIMENTS)
+        results.setdefault(experiment, {}).setdefault(variant, []).append(figures)
         progress.advance(task)
     progress.update(task, description="runs")
     return results
@@ -168,9 +258,35 @@ def compare(
             f"received strategy={config.strategy!r}"
         )
     with progress_bar(quiet) as bar:
-        cached = cache_features(config, bar)
+        shifts = any(name in UNCERTAINTY_EXPERIMENTS for name in names)
+        cached = cache_features(config, bar, shifts, quick)
         results = run_all(cached, base, plan(names, seeds, quick), bar)
     return write_report(output, config, seeds, results)
+
+
+UNCERTAINTY_TABLES = {
+    "clean_nll": "Test NLL, clean",
+    "shifted_nll": "Test NLL, mean over the shifted conditions",
+    "clean_ece": "Test ECE, clean",
+    "shifted_ece": "Test ECE, mean over the shifted conditions",
+}
+
+
+def uncertainty_tables(results: dict[str, list[dict[str, Any]]]) -> str:
+    """Per figure (clean/shifted NLL and ECE), a table of variants (rows) by predictors
+    (columns), mean ± std over seeds; empty for runs without those figures."""
+    first = next(iter(results.values()))[0]
+    names = [key.split("/", 1)[1] for key in first if key.startswith("clean_nll/")]
+    if not names:
+        return ""
+    out = []
+    for figure, title in UNCERTAINTY_TABLES.items():
+        rows = []
+        for variant, runs in results.items():
+            values = [np.array([run[f"{figure}/{name}"] for run in runs]) for name in names]
+            rows.append([variant, *(f"{v.mean():.4f} ± {v.std():.4f}" for v in values)])
+        out.append(f"**{title}**\n\n" + table(["variant", *names], rows))
+    return "\n\n" + "\n\n".join(out)
 
 
 def write_report(output: Path, config: TrainConfig, seeds: list[int], results: Results) -> Path:
@@ -182,6 +298,7 @@ def write_report(output: Path, config: TrainConfig, seeds: list[int], results: R
         plot_experiment(name, variants, output / f"{name}.png")
         sections.append(
             f"## {name}\n\n{table(header, summary_rows(variants))}\n\n![{name}]({name}.png)"
+            + uncertainty_tables(variants)
         )
     (output / "results.json").write_text(json.dumps(results, indent=2))
     intro = (

@@ -112,6 +112,11 @@ class TrainConfig(Frozen):
         True, description="Multiply the learning rates by the replicas (linear scaling rule)."
     )
     early_stopping_patience: int | None = Field(5, ge=1)
+    early_stopping_monitor: Literal["val_loss", "val_accuracy"] = Field(
+        "val_loss",
+        description="What early stopping watches (and whose best epoch it restores): "
+        "val_loss, the validation NLL, or val_accuracy.",
+    )
     cache_features: bool = True
     fine_tune_blocks: int = Field(0, ge=0, le=5)
     fine_tune_epochs: int = Field(3, ge=1)

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from rich.progress import Progress, TaskID
 
 from adapters.model_store import StoredModel, update_metadata
 from models.card import ModelCard
@@ -42,9 +42,17 @@ from training.config import TrainConfig
 from training.data import Splits, load_dataset, split_dataset, training_config
 from training.outputs import SplitOutputs, predictor_outputs
 from training.pipeline import fit_guarantees
-from training.plots import plot_abstention, plot_reliability, plot_risk_coverage, plot_set_coverage
+from training.plots import (
+    plot_abstention,
+    plot_reliability,
+    plot_risk_coverage,
+    plot_set_coverage,
+    plot_shift,
+)
 from training.progress import progress_bar
-from training.report import RISK_PLOT, SET_PLOT, write_report
+from training.report import CORRUPTION_PLOT, RISK_PLOT, ROTATION_PLOT, SET_PLOT, write_report
+from training.shift_evaluation import ShiftEvaluation, prepare, shift_evaluation
+from training.shifts import conditions
 
 REJECT = np.round(np.arange(0.0, 0.55, 0.05), 2)
 ALPHAS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3)  # test coverage and set size at these
@@ -86,6 +94,7 @@ class Evaluation:
     ood: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     abstention: dict[str, list[float]] = field(default_factory=dict)
     guarantees: GuaranteeEvaluation | None = None
+    shift: ShiftEvaluation | None = None
 
 
 def ood_scores(outputs: SplitOutputs, density: FeatureDensity | None) -> dict[str, np.ndarray]:
@@ -120,64 +129,108 @@ def rebuilt_splits(card: ModelCard) -> tuple[Splits, TrainConfig]:
     return split_dataset(data, config.data, config.seed), config
 
 
-def _ood_sets(card_seed: int, count: int, folders: list[Path]) -> dict[str, list[np.ndarray]]:
-    sets = {
-        "photo_crops": ood_sets.photo_crops(count, card_seed),
-        "noise": ood_sets.noise(count, card_seed),
-    }
-    for path in folders:
-        sets[f"folder:{Path(path).name}"] = ood_sets.folder(path, count, card_seed)
+NAMED_OOD_SETS = ("mnist",)  # `--ood-set`: OOD sets beyond the two always measured
+
+
+@dataclass(frozen=True)
+class Options:
+    """What `uqserve evaluate` measures besides the always-measured figures."""
+
+    grid: list[int]  # MC T values reported
+    folders: list[Path] = field(default_factory=list)  # extra OOD image folders
+    named: list[str] = field(default_factory=list)  # extra OOD sets of NAMED_OOD_SETS
+    seed: int = 0
+    shift: bool = False  # the shift section (training.shift_evaluation)
+    quick: bool = False  # the shift section's quick conditions
+
+
+def _ood_sets(seed: int, count: int, options: Options) -> dict[str, list[np.ndarray]]:
+    """Photo crops and noise, any named sets (`mnist`), any folders; `count` images each."""
+    sets = {"photo_crops": ood_sets.photo_crops(count, seed), "noise": ood_sets.noise(count, seed)}
+    for name in options.named:
+        if name not in NAMED_OOD_SETS:
+            raise ValueError(
+                f"Invalid value for `ood_set`: expected one of {NAMED_OOD_SETS}, received {name!r}"
+            )
+        sets[name] = getattr(ood_sets, name)(count, seed)
+    for path in options.folders:
+        sets[f"folder:{Path(path).name}"] = ood_sets.folder(path, count, seed)
     return sets
 
 
+def _stage_count(card: ModelCard, options: Options, ood_count: int) -> int:
+    """How many steps the progress bar counts."""
+    count = 3 + ood_count + 2 * (card.guarantees is not None)
+    if options.shift:
+        count += 2 + len(conditions(options.quick)) + ood_count
+    return count
+
+
 def evaluate(
-    tag: str,
-    output_root: Path,
-    grid: list[int],
-    folders: list[Path],
-    seed: int = 0,
-    quiet: bool = False,
+    tag: str, output_root: Path, options: Options, quiet: bool = False
 ) -> tuple[Path, Evaluation]:
     """Run every measurement, write the report folder, record headline figures.
 
     Its stages (test split, each OOD set, calibration and test split at the
-    card's T when it has guarantees, plots and report) take minutes on a CPU;
-    a bar on stderr steps through them unless `quiet` or not a terminal.
+    card's T when it has guarantees, the shift conditions when asked, plots
+    and report) take minutes on a CPU; a bar on stderr steps through them
+    unless `quiet` or not a terminal.
     """
     with progress_bar(quiet) as bar:
-        stages = bar.add_task("loading the model", total=5 + len(folders))
+        stages = bar.add_task("loading the model", total=None)
         stored = StoredModel.open(tag)
         tag, card, density = stored.tag, stored.card, stored.density()
-        bar.update(stages, total=5 + len(folders) + 2 * (card.guarantees is not None))
         splits, config = rebuilt_splits(card)
-        predictor, prep, most = stored.predictor(), card.model.preprocessing, max(grid)
-        bar.update(stages, advance=1, description=f"test split, T={most}")
-        outputs = predictor_outputs(predictor, splits.test.images, prep, most, seed)
-        result = Evaluation(calibration=calibration(outputs, splits.test.labels, grid))
-        in_scores = ood_scores(outputs, density)
-        for name, images in _ood_sets(seed, len(splits.test.labels), folders).items():
-            bar.update(stages, advance=1, description=f"OOD set {name}")
-            out_scores = ood_scores(predictor_outputs(predictor, images, prep, most, seed), density)
-            result.ood[name] = {
-                score: detection_metrics(in_scores[score], out_scores[score]) for score in in_scores
-            }
-        correct = outputs.samples.mean(axis=1).argmax(axis=1) == splits.test.labels
-        for score, values in in_scores.items():
-            result.abstention[score] = abstention_curve(correct, values, REJECT).tolist()
+        images = _ood_sets(options.seed, len(splits.test.labels), options)
+        bar.update(stages, total=_stage_count(card, options, len(images)), completed=1)
+
+        def step(description: str) -> None:
+            bar.update(stages, advance=1, description=description)
+
+        predictor, most = stored.predictor(), max(options.grid)
+        result, outputs = _core(predictor, card, splits, density, images, options, step)
         curves: Curves = {}
         if card.guarantees is not None:
             result.guarantees, curves = _guarantees(
-                predictor, card, splits, config, seed, bar, stages
+                predictor, card, splits, config, options.seed, step
             )
             result.guarantees.by_samples = served_by_samples(
-                card.guarantees, outputs.samples, splits.test.labels, grid
+                card.guarantees, outputs.samples, splits.test.labels, options.grid
             )
-        bar.update(stages, advance=1, description="plots and report")
+        if options.shift:
+            step("shift: temperatures and set calibrations")
+            context = prepare(predictor, card, splits, density, tuple(options.grid), options.seed)
+            result.shift = shift_evaluation(
+                predictor, context, splits, images, options.seed, options.quick, step
+            )
+        step("plots and report")
         folder = output_root / tag.replace(":", "_")  # reports/<name>_<version>
         _write(folder, tag, card, result, outputs, splits.test.labels, most, curves)
         update_metadata(tag, "evaluation", headline(result, most))
         bar.advance(stages)
     return folder, result
+
+
+def _core(
+    predictor: MCDropoutPredictor, card: ModelCard, splits: Splits, density: FeatureDensity | None,
+    images: dict[str, list[np.ndarray]], options: Options, step: Callable[[str], None],
+) -> tuple[Evaluation, SplitOutputs]:  # fmt: skip
+    """Calibration at each T, OOD detection per set and score, abstention curves."""
+    prep, most, seed = card.model.preprocessing, max(options.grid), options.seed
+    step(f"test split, T={most}")
+    outputs = predictor_outputs(predictor, splits.test.images, prep, most, seed)
+    result = Evaluation(calibration=calibration(outputs, splits.test.labels, options.grid))
+    in_scores = ood_scores(outputs, density)
+    for name, ood_images in images.items():
+        step(f"OOD set {name}")
+        out_scores = ood_scores(predictor_outputs(predictor, ood_images, prep, most, seed), density)
+        result.ood[name] = {
+            score: detection_metrics(in_scores[score], out_scores[score]) for score in in_scores
+        }
+    correct = outputs.samples.mean(axis=1).argmax(axis=1) == splits.test.labels
+    for score, values in in_scores.items():
+        result.abstention[score] = abstention_curve(correct, values, REJECT).tolist()
+    return result, outputs
 
 
 def _guarantees(
@@ -186,15 +239,14 @@ def _guarantees(
     splits: Splits,
     config: TrainConfig,
     seed: int,
-    bar: Progress,
-    stages: TaskID,
+    step: Callable[[str], None],
 ) -> tuple[GuaranteeEvaluation, Curves]:
     """Calibration and test split at the card's T with the training seed, as training ran
     them (so the stored calibration can be reproduced), then every guarantee figure."""
     prep, t = card.model.preprocessing, card.mc_samples
-    bar.update(stages, advance=1, description=f"calibration split, T={t}")
+    step(f"calibration split, T={t}")
     held = predictor_outputs(predictor, splits.calibration.images, prep, t, config.seed)
-    bar.update(stages, advance=1, description=f"test split, T={t}, training seed")
+    step(f"test split, T={t}, training seed")
     test = predictor_outputs(predictor, splits.test.images, prep, t, config.seed)
     return guarantee_figures(card, splits, config, (held, test), seed)
 
@@ -482,6 +534,11 @@ def headline(result: Evaluation, most: int) -> dict[str, float]:
         figures[f"ood_best_auroc_{name}"] = max(row["auroc"] for row in table.values())
     if result.guarantees is not None:
         figures.update(guarantee_headline(result.guarantees))
+    if result.shift is not None:
+        for name in ("deterministic", result.shift.served):
+            key = "mc" if name == result.shift.served else name
+            figures[f"shifted_nll_{key}"] = result.shift.summary[name]["shifted_nll"]
+            figures[f"shifted_ece_{key}"] = result.shift.summary[name]["shifted_ece"]
     return figures
 
 
@@ -518,6 +575,10 @@ def _write(
     plot_abstention(REJECT, result.abstention, folder / "abstention.png")
     if result.guarantees is not None:
         _plot_guarantees(folder, result.guarantees, curves)
+    if result.shift is not None:
+        names = list(result.shift.summary)
+        plot_shift(result.shift.conditions, names, True, folder / ROTATION_PLOT)
+        plot_shift(result.shift.conditions, names, False, folder / CORRUPTION_PLOT)
     metrics = {"model": tag, "rejected_fractions": REJECT.tolist(), **asdict(result)}
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_report(folder / "report.md", tag, card, result, REJECT)

@@ -1,5 +1,5 @@
 """Plots: learning curves, reliability diagrams, abstention curves, prediction-set
-coverage against alpha, risk-coverage curves."""
+coverage against alpha, risk-coverage curves, metrics under distribution shift."""
 
 from __future__ import annotations
 
@@ -129,6 +129,45 @@ def plot_risk_coverage(
                  title=title, xlim=(0.0, 1.02))  # fmt: skip
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
+    return _save(figure, path)
+
+
+SHIFT_METRICS = (
+    ("accuracy", "accuracy"),
+    ("nll", "NLL"),
+    ("ece", "ECE"),
+    ("coverage", "set coverage"),
+)
+
+
+def _shift_lines(
+    rows: list[dict], name: str, metric: str, rotation: bool
+) -> tuple[list[float], list[float]]:
+    """x and mean of one predictor's metric: per rotation angle (clean at 0), or per
+    corruption intensity, the mean over the corruptions."""
+    clean = next(r for r in rows if r["shift"] == "clean")
+    chosen = [r for r in rows if (r["shift"] == "rotation") == rotation and r["shift"] != "clean"]
+    by_x: dict[float, list[float]] = {0.0: [clean["predictors"][name].get(metric, np.nan)]}
+    for row in chosen:
+        x = float(row["parameter"] if rotation else row["intensity"])
+        by_x.setdefault(x, []).append(row["predictors"][name].get(metric, np.nan))
+    xs = sorted(by_x)
+    return xs, [float(np.mean(by_x[x])) for x in xs]
+
+
+def plot_shift(rows: list[dict], names: list[str], rotation: bool, path: Path) -> Path:
+    """Accuracy, NLL, ECE and prediction-set coverage against shift intensity, one line
+    per predictor: against the rotation angle (`rotation`), or against the corruption
+    intensity (the mean over noise, blur, contrast and translation)."""
+    figure, axes = plt.subplots(1, len(SHIFT_METRICS), figsize=(5 * len(SHIFT_METRICS), 4))
+    for axis, (metric, title) in zip(axes, SHIFT_METRICS, strict=True):
+        for name in names:
+            xs, mean = _shift_lines(rows, name, metric, rotation)
+            axis.plot(xs, mean, "o-", markersize=3, label=name)
+        axis.set(title=title, xlabel="rotation (degrees)" if rotation else "corruption intensity")
+        axis.grid(alpha=0.3)
+    axes[1].set_yscale("log")
+    axes[0].legend(fontsize=7)
     return _save(figure, path)
 
 

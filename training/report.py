@@ -11,6 +11,8 @@ from models.card import ModelCard
 
 SET_PLOT = "coverage_vs_alpha.png"  # coverage and set size against alpha
 RISK_PLOT = "risk_coverage.png"  # risk-coverage curves with the chosen operating points
+ROTATION_PLOT = "shift_rotation.png"  # metrics against rotation, one line per predictor
+CORRUPTION_PLOT = "shift_corruptions.png"  # metrics against corruption intensity
 CALIBRATION_NAMES = {"mc": "MC", "single": "T=1"}  # the two calibrations, as table columns
 
 
@@ -74,7 +76,8 @@ Accuracy of the inputs kept after rejecting the most uncertain fraction.
 
 ![abstention](abstention.png)
 
-{guarantees_section(result.guarantees)}"""
+{guarantees_section(result.guarantees)}
+{shift_section(result.shift)}"""
     path.write_text(text)
     return path
 
@@ -219,3 +222,59 @@ def _risk_section(figures: Any) -> str:
         + table(rule_header, rules)
         + f"\n\n![risk-coverage curves]({RISK_PLOT})"
     )
+
+
+def shift_section(figures: Any) -> str:
+    """The shift section of report.md (empty without `--shift`)."""
+    if figures is None:
+        return ""
+    names = list(figures.summary)
+    groups = [g for g in ("clean", "rotation", "corruptions", "shifted")
+              if f"{g}_nll" in figures.summary[names[0]]]  # fmt: skip
+    summary = table(
+        ["predictor", *(f"{g} {m}" for m in ("NLL", "ECE", "accuracy") for g in groups)],
+        [[name, *(row[f"{g}_{m}"] for m in ("nll", "ece", "accuracy") for g in groups)]
+         for name, row in figures.summary.items()],
+    )  # fmt: skip
+    temperatures = ", ".join(f"{k} {v:.3f}" for k, v in figures.temperatures.items())
+    return f"""
+## Under distribution shift
+
+The test split rotated, noised, blurred, low in contrast and translated
+(`training/shifts.py`), for each predictor. Temperatures fitted by NLL on the
+validation split: {temperatures}. Prediction sets at alpha = {figures.alpha}
+(the served predictor, {figures.served}, with the card's calibration; the others
+calibrated the same way on the calibration split). Means over conditions:
+
+{summary}
+
+![rotation]({ROTATION_PLOT})
+
+![corruptions]({CORRUPTION_PLOT})
+
+{_condition_tables(figures.conditions, names)}
+
+{_served_table(figures)}
+"""
+
+
+def _condition_tables(rows: list[dict], names: list[str]) -> str:
+    """NLL and ECE per condition (rows) and predictor (columns)."""
+    out = []
+    for metric in ("nll", "ece", "accuracy"):
+        body = [[f"{r['shift']} {r['intensity']}", *(r["predictors"][n][metric] for n in names)]
+                for r in rows]  # fmt: skip
+        out.append(f"**{metric} per condition**\n\n" + table(["condition", *names], body))
+    return "\n\n".join(out)
+
+
+def _served_table(figures: Any) -> str:
+    """What the served predictor's user sees per condition and OOD set: set coverage and
+    size, the fraction not accepted (`uncertain`), the fraction flagged OOD, mean MI."""
+    keys = ("coverage", "set_size", "uncertain_fraction", "mean_mutual_information")
+    rows = [(f"{r['shift']} {r['intensity']}", r) for r in figures.conditions]
+    rows += [(f"OOD set {name}", r) for name, r in figures.ood_sets.items()]
+    body = [[label, *(_number(r["predictors"][figures.served].get(k)) for k in keys),
+             _number(r["ood_fraction"])] for label, r in rows]  # fmt: skip
+    header = ["condition", "coverage", "set size", "uncertain", "mean MI", "flagged OOD"]
+    return f"**The served answer ({figures.served})**\n\n" + table(header, body)

@@ -60,7 +60,7 @@ def _callbacks(config: TrainConfig, log_dir: Path | None) -> list[keras.callback
     if config.early_stopping_patience is not None:
         callbacks.append(
             keras.callbacks.EarlyStopping(
-                monitor="val_loss",
+                monitor=config.early_stopping_monitor,
                 patience=config.early_stopping_patience,
                 restore_best_weights=True,
                 verbose=1,
