@@ -23,7 +23,7 @@ import numpy as np
 
 from models.card import CARD_KEY, DENSITY_FILE, MODEL_FILE, ModelCard
 from models.config import BaseDtype
-from models.density import FeatureDensity
+from models.density import OODScore
 from models.mc_dropout import MCDropoutPredictor
 
 CARD_FILE = "model_card.json"  # the card again, readable next to the network
@@ -91,8 +91,8 @@ class StoredModel:
         """The network wrapped for Monte Carlo dropout."""
         return load_predictor(self.model_file, self.tag, base_dtype)
 
-    def density(self) -> FeatureDensity | None:
-        """The feature density saved with the network, or None for a model without one."""
+    def density(self) -> OODScore | None:
+        """The OOD score saved with the network, or None for a model without one."""
         return load_density(self.density_file, self.tag)
 
 
@@ -137,13 +137,13 @@ def load_card(card_json: str | None, tag: str) -> ModelCard:
         ) from None
 
 
-def load_density(path: str | Path, tag: str) -> FeatureDensity | None:
-    """The feature-density OOD model saved with the network, if the model has one."""
+def load_density(path: str | Path, tag: str) -> OODScore | None:
+    """The feature-density OOD score saved with the network, if the model has one."""
     if not Path(path).is_file():
         return None
     try:
         with np.load(path) as arrays:
-            return FeatureDensity.from_arrays(dict(arrays))
+            return OODScore.from_arrays(dict(arrays))
     except (OSError, ValueError, KeyError) as error:
         raise ModelLoadError(
             f"model {tag!r}: density file {path} is corrupt ({error}); {RETRAIN}"
@@ -198,7 +198,7 @@ def framework_versions() -> dict[str, str]:
 
 
 def export_model(
-    model: keras.Model, card: ModelCard, name: str, density: FeatureDensity | None = None
+    model: keras.Model, card: ModelCard, name: str, density: OODScore | None = None
 ) -> str:
     """Save the network, its card and its feature density into the model store; returns the tag.
 

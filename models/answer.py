@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from models import uncertainty
 from models.card import ModelCard
 from models.conformal import AlphaError, ranked_members
-from models.density import FeatureDensity
+from models.density import OODScore
 from models.mc_dropout import ImageSeed, MCDropoutPredictor
 
 MAX_SEED = 2**53 - 1  # largest request seed: the service's job rows carry seeds in float64
@@ -96,7 +96,7 @@ def random_seed() -> int:
 
 def sample_and_score(
     predictor: MCDropoutPredictor,
-    density: FeatureDensity | None,
+    density: OODScore | None,
     images: np.ndarray,
     samples: Sequence[int],
     streams: Sequence[ImageSeed],
@@ -107,10 +107,11 @@ def sample_and_score(
     comes from the same pass's embeddings, at no extra cost. Scores are
     float32, as the service's job rows carry them, so every caller rounds alike.
     """
-    draws, embeddings = predictor.sample_each(images, samples, streams)  # [(T_i, C)], (B, D)
+    draws, embeddings, hidden = predictor.sample_each(images, samples, streams)  # [(T_i, C)], ...
     if density is None:
         return draws, np.full(len(images), np.nan, dtype=np.float32)
-    return draws, (-density.log_density(embeddings)).astype(np.float32)
+    features = {"base": embeddings, "hidden": hidden}
+    return draws, density.score(features).astype(np.float32)
 
 
 def resolve_alpha(card: ModelCard, alpha: float | None) -> float | None:

@@ -1,10 +1,12 @@
 """Feature-density out-of-distribution score (as in DDU, Mukhoti et al. 2021).
 
-Class-conditional Gaussians fitted on the frozen base's pooled features of the
-training images; an image's score is its log density under the mixture,
-log sum_c pi_c N(z; mu_c, Sigma_c). Low density = unlike the training data.
-The features come out of the deterministic pass the predictor makes anyway,
-so the score costs no extra forward pass.
+`FeatureDensity`: class-conditional Gaussians fitted on training features; a
+row's log density under the mixture, log sum_c pi_c N(z; mu_c, Sigma_c). Low
+density = unlike the training data. `OODScore`, the served score, sums two
+such densities, standardised: of the base's pooled features and of the head's
+layer before its first dropout, both L2-normalised. The features come out of
+the deterministic pass the predictor makes anyway, so the score costs no extra
+forward pass.
 
 One full covariance per class, estimated with scikit-learn's Ledoit-Wolf
 shrinkage so that it stays well conditioned with fewer images per class than
@@ -185,3 +187,104 @@ def _warn_small_classes(classes: np.ndarray, counts: np.ndarray, min_class_image
         UserWarning,
         stacklevel=3,
     )
+
+
+PARTS = ("base", "hidden")  # the feature sets an OOD score may rest on
+MAX_PART_DIM = 1024  # a wider feature set is left out: its D x D covariances get too large
+
+
+def l2_normalize(features: np.ndarray) -> np.ndarray:
+    """Rows of (N, D) features scaled to unit length (all-zero rows stay zero), float64."""
+    features = np.asarray(features, np.float64)
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    return features / np.where(norms > 0.0, norms, 1.0)
+
+
+@dataclass(frozen=True)
+class OODScore:
+    """The served OOD score, from the features of the one deterministic pass.
+
+    Each part is the negative log density of one feature set under class
+    Gaussians (`FeatureDensity`) fitted on the training split: `base`, the
+    base's globally pooled features, and `hidden`, the head's layer before its
+    first dropout (the trained network's own features, as in DDU). Features are
+    L2-normalised first: an image with less ink (an MNIST digit against
+    Fashion-MNIST) has smaller features, which sit closer to every class mean
+    and so looked more typical, not less. Each part is standardised by its mean
+    and standard deviation on the validation split; the score is their sum.
+
+    A model saved before this has one raw part (`normalized` False, location 0,
+    scale 1): it scores exactly as it always did.
+    """
+
+    densities: dict[str, FeatureDensity]
+    location: dict[str, float]
+    scale: dict[str, float]
+    normalized: bool = True
+
+    @classmethod
+    def fit(
+        cls, train: dict[str, np.ndarray], labels: np.ndarray, validation: dict[str, np.ndarray]
+    ) -> OODScore:
+        """Densities on the `train` features (part -> (N, D)), standardised on `validation`.
+
+        Parts wider than MAX_PART_DIM are left out (a head whose first dropout
+        sits on the flattened base maps has no narrow hidden layer).
+        """
+        kept = {name: x for name, x in train.items() if _flat(x).shape[1] <= MAX_PART_DIM}
+        if not kept:
+            raise ValueError(
+                f"Invalid value for `train`: expected a part at most {MAX_PART_DIM} wide, "
+                f"received widths { ({n: _flat(x).shape[1] for n, x in train.items()}) }"
+            )
+        densities = {n: FeatureDensity.fit(l2_normalize(_flat(x)), labels) for n, x in kept.items()}
+        fitted = cls(densities, dict.fromkeys(densities, 0.0), dict.fromkeys(densities, 1.0))
+        raw = fitted.part_scores(validation)
+        location = {name: float(values.mean()) for name, values in raw.items()}
+        scale = {name: float(values.std()) or 1.0 for name, values in raw.items()}
+        return cls(densities, location, scale)
+
+    def part_scores(self, features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Per part, the negative log density of its features (N, ...) -> (N,), unstandardised."""
+        prepare = l2_normalize if self.normalized else np.asarray
+        return {
+            name: -density.log_density(prepare(_flat(features[name])))
+            for name, density in self.densities.items()
+        }
+
+    def score(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        """The OOD score (N,): the parts standardised and summed; higher = less like training."""
+        parts = self.part_scores(features)
+        return sum((parts[n] - self.location[n]) / self.scale[n] for n in self.densities)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The parameters as named arrays, for saving next to the model."""
+        arrays: dict[str, np.ndarray] = {"normalized": np.array(self.normalized)}
+        for name, density in self.densities.items():
+            arrays |= {f"{name}.{key}": value for key, value in density.to_arrays().items()}
+            arrays[f"{name}.location"] = np.array(self.location[name])
+            arrays[f"{name}.scale"] = np.array(self.scale[name])
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> OODScore:
+        """Inverse of `to_arrays`; a file of a model saved before it (one raw density of
+        the pooled base features, no `normalized` entry) loads as that density alone."""
+        if "normalized" not in arrays:
+            return cls({"base": FeatureDensity.from_arrays(arrays)}, {"base": 0.0}, {"base": 1.0},
+                       normalized=False)  # fmt: skip
+        names = [n for n in PARTS if f"{n}.location" in arrays]
+        densities = {
+            n: FeatureDensity.from_arrays({k.split(".", 1)[1]: v for k, v in arrays.items()
+                                           if k.startswith(f"{n}.")})
+            for n in names
+        }  # fmt: skip
+        location = {n: float(arrays[f"{n}.location"]) for n in names}
+        scale = {n: float(arrays[f"{n}.scale"]) for n in names}
+        return cls(densities, location, scale, bool(arrays["normalized"]))
+
+
+def _flat(features: np.ndarray) -> np.ndarray:
+    """(N, ...) features as (N, D)."""
+    features = np.asarray(features)
+    return features.reshape(len(features), -1)

@@ -245,12 +245,13 @@ class MCDropoutPredictor:
 
     def sample_each(
         self, images: np.ndarray, samples: Sequence[int], image_seeds: Sequence[ImageSeed]
-    ) -> tuple[list[np.ndarray], np.ndarray]:
+    ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
         """Like `sample`, but image i gets `samples[i]` draws.
 
-        Returns a list of (T_i, C) arrays and the embeddings (B, D). The
-        deterministic part still runs once for the whole batch; the stochastic
-        part runs once per distinct T.
+        Returns a list of (T_i, C) arrays, the embeddings (B, D) and the hidden
+        rows (B, ...), the input of the first Dropout (both for the OOD score).
+        The deterministic part still runs once for the whole batch; the
+        stochastic part runs once per distinct T.
         """
         if len(samples) != len(images) or min(samples, default=1) < 1:
             raise ValueError(
@@ -265,7 +266,7 @@ class MCDropoutPredictor:
             draws = self.sample_from_hidden(hidden[members], count, [rngs[i] for i in members])
             for position, i in enumerate(members):
                 out[i] = draws[position]  # (T_i, C)
-        return out, embeddings
+        return out, embeddings, hidden
 
     def sample_from_hidden(
         self, hidden: np.ndarray, samples: int, rngs: Sequence[np.random.Generator]

@@ -13,7 +13,7 @@ from PIL import Image
 from adapters.model_store import export_model
 from models.card import ModelCard
 from models.config import HeadConfig, ModelConfig
-from models.density import FeatureDensity
+from models.density import OODScore
 from models.guarantees import Guarantees, calibrate
 from models.mc_dropout import MCDropoutPredictor
 from models.preprocessing import preprocess_images
@@ -47,9 +47,10 @@ def export_tiny(name: str = "uqserve_test") -> str:
     randomize_bn_statistics(model)
     rng = np.random.default_rng(0)
     train = rng.integers(0, 256, (40, 32, 32, 3)).astype(np.float32)
-    embeddings, _ = MCDropoutPredictor(model).forward(preprocess_images(train, TINY))
-    density = FeatureDensity.fit(embeddings, np.arange(40) % len(CLASSES))
-    ood_scores = -density.log_density(embeddings)
+    embeddings, hidden = MCDropoutPredictor(model).forward(preprocess_images(train, TINY))
+    features = {"base": embeddings, "hidden": hidden}
+    density = OODScore.fit(features, np.arange(40) % len(CLASSES), features)
+    ood_scores = density.score(features)
     card = ModelCard(
         class_names=CLASSES,
         model=ModelConfig(num_classes=len(CLASSES), preprocessing=TINY, head=HEAD),

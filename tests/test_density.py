@@ -18,7 +18,14 @@ from scipy.stats import multivariate_normal
 from sklearn.covariance import LedoitWolf
 from threadpoolctl import threadpool_info
 
-from models.density import FeatureDensity, limit_blas_threads, pool
+from models.density import (
+    MAX_PART_DIM,
+    FeatureDensity,
+    OODScore,
+    l2_normalize,
+    limit_blas_threads,
+    pool,
+)
 
 
 def _data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -244,3 +251,62 @@ def test_limit_blas_threads_rejects_a_bad_count():
         with pytest.raises(ValueError, match=r"Invalid value for `threads`: expected"):
             limit_blas_threads(bad)
     assert _blas_threads() == before
+
+
+def _parts(seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Two feature sets of 60 images in 3 classes, directions differing by class."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(60) % 3
+    base = np.eye(8)[labels] * 5.0 + rng.normal(0.0, 0.5, (60, 8)) + 3.0
+    hidden = np.eye(4)[labels + 1] * 2.0 + rng.normal(0.0, 0.3, (60, 4))
+    return {"base": base, "hidden": hidden}, labels
+
+
+def test_ood_score_sums_the_validation_standardised_parts():
+    train, labels = _parts(0)
+    validation, _ = _parts(1)
+    ood = OODScore.fit(train, labels, validation)
+    assert set(ood.densities) == {"base", "hidden"} and ood.normalized
+    parts = ood.part_scores(validation)
+    for name, values in parts.items():  # standardised on validation: mean 0, std 1 there
+        standard = (values - ood.location[name]) / ood.scale[name]
+        assert standard.mean() == pytest.approx(0.0, abs=1e-9)
+        assert standard.std() == pytest.approx(1.0, rel=1e-9)
+    expected = sum((parts[n] - ood.location[n]) / ood.scale[n] for n in parts)
+    np.testing.assert_allclose(ood.score(validation), expected, rtol=1e-12)
+
+
+def test_ood_score_ignores_feature_size_and_ranks_other_directions_higher():
+    """L2-normalised parts: smaller features of the same direction (less ink) are not
+    more typical; features pointing elsewhere score higher (more OOD)."""
+    train, labels = _parts(0)
+    ood = OODScore.fit(train, labels, train)
+    same = ood.score(train)
+    np.testing.assert_allclose(ood.score({k: v * 0.3 for k, v in train.items()}), same, rtol=1e-9)
+    rng = np.random.default_rng(5)
+    other = {k: rng.normal(0.0, 1.0, v.shape) for k, v in train.items()}
+    assert np.median(ood.score(other)) > np.quantile(same, 0.95)
+
+
+def test_ood_score_round_trip_and_legacy_density_files():
+    train, labels = _parts(0)
+    ood = OODScore.fit(train, labels, train)
+    again = OODScore.from_arrays(ood.to_arrays())
+    np.testing.assert_array_equal(again.score(train), ood.score(train))
+    legacy = FeatureDensity.fit(train["base"], labels)  # a model saved with the raw density
+    loaded = OODScore.from_arrays(legacy.to_arrays())
+    assert not loaded.normalized and set(loaded.densities) == {"base"}
+    np.testing.assert_array_equal(loaded.score(train), -legacy.log_density(train["base"]))
+
+
+def test_ood_score_leaves_out_too_wide_parts_and_needs_one():
+    train, labels = _parts(0)
+    wide = {"base": train["base"], "hidden": np.zeros((60, MAX_PART_DIM + 1))}
+    assert set(OODScore.fit(wide, labels, wide).densities) == {"base"}
+    with pytest.raises(ValueError, match="Invalid value for `train`: expected a part at most"):
+        OODScore.fit({"base": wide["hidden"]}, labels, {"base": wide["hidden"]})
+
+
+def test_l2_normalize_keeps_zero_rows():
+    rows = l2_normalize(np.array([[3.0, 4.0], [0.0, 0.0]]))
+    np.testing.assert_allclose(rows, [[0.6, 0.8], [0.0, 0.0]])

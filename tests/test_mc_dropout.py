@@ -143,7 +143,8 @@ def test_sample_each_gives_each_image_its_own_count(model, images):
     predictor = MCDropoutPredictor(model)
     counts = [3, 5, 3, 1, 5, 2]
     seeds = [(9, i) for i in range(len(images))]
-    draws, embeddings = predictor.sample_each(images, counts, seeds)
+    draws, embeddings, hidden = predictor.sample_each(images, counts, seeds)
+    np.testing.assert_allclose(hidden, predictor.hidden(images), atol=1e-5)
     assert [len(d) for d in draws] == counts
     assert embeddings.shape[0] == len(images)
     for i, count in enumerate(counts):  # the same as asking for that image alone

@@ -75,7 +75,24 @@ EXPERIMENTS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("no max-norm", {"head": {"max_norm": None}}),
         ("early stopping on accuracy", {"early_stopping_monitor": "val_accuracy"}),
         ("no early stopping, 30 epochs", {"early_stopping_patience": None}),
+        ("no early stopping, 15 epochs", {"early_stopping_patience": None, "epochs": 15}),
+        ("no early stopping, 50 epochs", {"early_stopping_patience": None, "epochs": 50}),
         ("no early stopping, 100 epochs", {"early_stopping_patience": None, "epochs": 100}),
+        (
+            "no early stopping, 30 epochs, dropout 0.3",
+            {"early_stopping_patience": None, "head": {"dropout_rates": (0.3,)}},
+        ),
+        (
+            "no early stopping, 30 epochs, max-norm 1",
+            {"early_stopping_patience": None, "head": {"max_norm": 1.0}},
+        ),
+        (
+            "no early stopping, 30 epochs, two blocks",
+            {
+                "early_stopping_patience": None,
+                "head": {"hidden_units": (256, 256), "dropout_rates": (0.5, 0.5)},
+            },
+        ),
     ],
 }
 
@@ -171,7 +188,8 @@ def _outputs(
     hidden = predictor.hidden_from_maps(maps)
     rngs = [np.random.default_rng([seed, i]) for i in range(len(hidden))]
     draws = predictor.sample_from_hidden(hidden, samples, rngs)  # (N, T, C)
-    return SplitOutputs(np.empty((len(hidden), 0)), predictor.predict_from_hidden(hidden), draws)
+    deterministic = predictor.predict_from_hidden(hidden)
+    return SplitOutputs(np.empty((len(hidden), 0)), deterministic, draws, hidden)
 
 
 def uncertainty_figures(head: keras.Model, cached: Cached, config: TrainConfig) -> dict[str, float]:

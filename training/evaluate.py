@@ -31,7 +31,7 @@ from models.conformal import (
     coverage,
     prediction_sets,
 )
-from models.density import FeatureDensity
+from models.density import OODScore
 from models.guarantees import Calibrated, Guarantees, measure, uncertainty_scores
 from models.mc_dropout import MCDropoutPredictor
 from models.ood import abstention_curve, detection_metrics
@@ -97,8 +97,9 @@ class Evaluation:
     shift: ShiftEvaluation | None = None
 
 
-def ood_scores(outputs: SplitOutputs, density: FeatureDensity | None) -> dict[str, np.ndarray]:
-    """The four scores, each 'higher = more likely out of distribution'."""
+def ood_scores(outputs: SplitOutputs, density: OODScore | None) -> dict[str, np.ndarray]:
+    """The scores, each 'higher = more likely out of distribution': three from the
+    samples, the served feature-density score, and each of its parts when it has several."""
     mean = outputs.samples.mean(axis=1)  # (N, C)
     scores = {
         "max_probability": 1.0 - mean.max(axis=1),
@@ -106,7 +107,10 @@ def ood_scores(outputs: SplitOutputs, density: FeatureDensity | None) -> dict[st
         "mutual_information": mutual_information(outputs.samples),
     }
     if density is not None:
-        scores["feature_density"] = -density.log_density(outputs.embeddings)
+        scores["feature_density"] = density.score(outputs.features)
+        parts = density.part_scores(outputs.features)
+        if len(parts) > 1:
+            scores.update({f"density_{name}": values for name, values in parts.items()})
     return scores
 
 
@@ -212,7 +216,7 @@ def evaluate(
 
 
 def _core(
-    predictor: MCDropoutPredictor, card: ModelCard, splits: Splits, density: FeatureDensity | None,
+    predictor: MCDropoutPredictor, card: ModelCard, splits: Splits, density: OODScore | None,
     images: dict[str, list[np.ndarray]], options: Options, step: Callable[[str], None],
 ) -> tuple[Evaluation, SplitOutputs]:  # fmt: skip
     """Calibration at each T, OOD detection per set and score, abstention curves."""

@@ -21,6 +21,12 @@ class SplitOutputs:
     embeddings: np.ndarray  # (N, D) pooled base features
     deterministic: np.ndarray  # (N, C)
     samples: np.ndarray  # (N, T, C)
+    hidden: np.ndarray  # (N, ...) the input of the first Dropout
+
+    @property
+    def features(self) -> dict[str, np.ndarray]:
+        """The OOD score's inputs, by part (`models.density.OODScore`)."""
+        return {"base": self.embeddings, "hidden": self.hidden}
 
 
 def predictor_outputs(
@@ -31,15 +37,18 @@ def predictor_outputs(
     seed: int,
 ) -> SplitOutputs:
     """Embeddings, deterministic answer and `samples` MC draws (0: none) for raw images."""
-    embeddings, deterministic, draws = [], [], []
+    embeddings, deterministic, draws, hiddens = [], [], [], []
     for start in range(0, len(images), CHUNK):
         x = preprocess_images(images[start : start + CHUNK], preprocessing)
         embedded, hidden = predictor.forward(x)  # (n, D), (n, ...)
         embeddings.append(embedded)
+        hiddens.append(hidden)
         deterministic.append(predictor.predict_from_hidden(hidden))
         if samples > 0:
             rngs = [np.random.default_rng([seed, start + i]) for i in range(len(x))]
             draws.append(predictor.sample_from_hidden(hidden, samples, rngs))
     classes = deterministic[0].shape[1]
     sampled = np.concatenate(draws) if draws else np.empty((len(images), 0, classes))
-    return SplitOutputs(np.concatenate(embeddings), np.concatenate(deterministic), sampled)
+    return SplitOutputs(
+        np.concatenate(embeddings), np.concatenate(deterministic), sampled, np.concatenate(hiddens)
+    )

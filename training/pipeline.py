@@ -13,7 +13,7 @@ import numpy as np
 from adapters.model_store import export_model, framework_versions
 from models.card import ModelCard
 from models.config import ModelConfig
-from models.density import FeatureDensity
+from models.density import OODScore
 from models.guarantees import Guarantees, calibrate, measure
 from models.mc_dropout import MCDropoutPredictor
 from models.uncertainty import mutual_information, summarize
@@ -46,7 +46,7 @@ def split_metrics(outputs: SplitOutputs, labels: np.ndarray) -> dict[str, float]
 
 def fit_uncertainty(
     model: keras.Model, splits: Splits, config: TrainConfig
-) -> tuple[FeatureDensity, dict[str, object], dict[str, float]]:
+) -> tuple[OODScore, dict[str, object], dict[str, float]]:
     """Each split its one job: density on train, OOD threshold on validation, guarantees
     on calibration, metrics on test.
 
@@ -57,9 +57,9 @@ def fit_uncertainty(
     predictor = MCDropoutPredictor(model)
     prep, seed, samples = config.preprocessing, config.seed, config.mc_samples
     train = predictor_outputs(predictor, splits.train.images, prep, 0, seed)
-    density = FeatureDensity.fit(train.embeddings, splits.train.labels)
     validation = predictor_outputs(predictor, splits.validation.images, prep, samples, seed)
-    ood_scores = -density.log_density(validation.embeddings)
+    density = OODScore.fit(train.features, splits.train.labels, validation.features)
+    ood_scores = density.score(validation.features)
     fields: dict[str, object] = {
         "ood_threshold": float(np.quantile(ood_scores, config.ood_quantile))
     }

@@ -36,7 +36,7 @@ def answers(
     for dtype in dtypes:
         predictor = MCDropoutPredictor(network, base_dtype=dtype)
         outputs = predictor_outputs(predictor, test.images, card.model.preprocessing, samples, seed)
-        scores = None if density is None else -density.log_density(outputs.embeddings)
+        scores = None if density is None else density.score(outputs.features)
         result[dtype] = (outputs, scores)
     return result, test.labels
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from models.card import ModelCard
 from models.conformal import ConformalCalibration, prediction_sets
-from models.density import FeatureDensity
+from models.density import OODScore
 from models.mc_dropout import MCDropoutPredictor
 from models.preprocessing import rgb_at_size
 from models.temperature import fit_temperature, temper
@@ -163,7 +163,7 @@ class Context:
     compared: list[Predictor]
     temperatures: dict[str, float]
     calibrations: dict[str, ConformalCalibration]
-    density: FeatureDensity | None
+    density: OODScore | None
 
     @property
     def alpha(self) -> float | None:
@@ -175,7 +175,7 @@ class Context:
         guarantees, threshold = self.card.guarantees, self.card.ood_threshold
         row: dict = {"ood_fraction": None, "predictors": {}}
         if self.density is not None and threshold is not None:
-            scores = -self.density.log_density(outputs.embeddings)  # (N,)
+            scores = self.density.score(outputs.features)  # (N,)
             row["ood_fraction"] = float((scores > threshold).mean())
         for predictor in self.compared:
             samples = predictor.read(outputs, self.temperatures)
@@ -190,7 +190,7 @@ class Context:
 
 
 def prepare(
-    predictor: MCDropoutPredictor, card: ModelCard, splits: Splits, density: FeatureDensity | None,
+    predictor: MCDropoutPredictor, card: ModelCard, splits: Splits, density: OODScore | None,
     grid: tuple[int, ...], seed: int,
 ) -> Context:  # fmt: skip
     """Temperatures from the validation split, set calibrations from the calibration split."""

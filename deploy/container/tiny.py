@@ -17,7 +17,7 @@ from adapters.model_store import export_model
 from models.architecture import build_model
 from models.card import ModelCard
 from models.config import HeadConfig, ModelConfig, PreprocessingConfig
-from models.density import FeatureDensity
+from models.density import OODScore
 from models.mc_dropout import MCDropoutPredictor
 from models.preprocessing import preprocess_images
 
@@ -36,9 +36,10 @@ def export_tiny(name: str = NAME, seed: int = 0) -> str:
     model = build_model(config, base_weights="none")
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (60, 32, 32, 3)).astype(np.float32)  # 6 per class
-    embeddings, _ = MCDropoutPredictor(model).forward(preprocess_images(images, PREPROCESSING))
-    density = FeatureDensity.fit(embeddings, np.arange(len(images)) % len(CLASSES))
-    scores = -density.log_density(embeddings)
+    embeddings, hidden = MCDropoutPredictor(model).forward(preprocess_images(images, PREPROCESSING))
+    features = {"base": embeddings, "hidden": hidden}
+    density = OODScore.fit(features, np.arange(len(images)) % len(CLASSES), features)
+    scores = density.score(features)
     card = ModelCard(
         class_names=CLASSES,
         model=config,
