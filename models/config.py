@@ -34,8 +34,8 @@ class HeadConfig(Frozen):
     """
 
     pooling: Pooling = "flatten"
-    hidden_units: tuple[int, ...] = (256,)
-    dropout_rates: tuple[float, ...] = (0.5,)
+    hidden_units: tuple[int, ...] = (256, 256)
+    dropout_rates: tuple[float, ...] = (0.5, 0.5)
     input_dropout: float | None = None
     activation: Activation = "relu"
     leaky_relu_slope: float = Field(0.2, gt=0.0, lt=1.0)

@@ -79,4 +79,4 @@ def test_compare_mc_dropout_reports_every_predictor_clean_and_shifted(tmp_path):
     report = (output / "report.md").read_text()
     assert "**Test NLL, mean over the shifted conditions**" in report
     assert "| variant | " + " | ".join(names) + " |" in report  # predictors are columns
-    assert "| default: dropout 0.5, max-norm 3 |" in report
+    assert "| one block, 0.5, early stopping |" in report

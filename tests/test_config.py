@@ -12,7 +12,7 @@ from training.config import BASE_WEIGHTS_ENV, TrainConfig, load_config
 
 BAD_VALUES = [
     ({"head": {"dropout_rates": (1.5,)}}, "dropout_rates"),
-    ({"head": {"dropout_rates": (0.5, 0.5)}}, "dropout_rates"),
+    ({"head": {"dropout_rates": (0.5,)}}, "dropout_rates"),  # two hidden layers by default
     ({"head": {"input_dropout": -0.1}}, "input_dropout"),
     ({"head": {"hidden_units": (0,), "dropout_rates": (0.5,)}}, "hidden_units"),
     ({"head": {"activation": "tanhh"}}, "activation"),

@@ -38,16 +38,48 @@ GLOROT_HE = ("glorot_uniform", "he_normal")
 ACTIVATIONS = ("relu", "leaky_relu", "elu", "selu")
 HIGH_RATE = {"name": "sgd", "learning_rate": 0.5, "momentum": 0.9}
 
+
+def _recipe(
+    one: float | None = None, patience: int | None = None, epochs: int = 30,
+    norm: float | None = 3.0, on_features: float | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """A whole head-and-stopping recipe for `mc_dropout`, independent of the defaults: one
+    hidden block at dropout `one`, else two of 256 units at 0.5; early stopping with
+    `patience` (None: all `epochs`); max-norm `norm`; dropout `on_features` on the features."""
+    units, rates = ((256,), (one,)) if one is not None else ((256, 256), (0.5, 0.5))
+    head = {"hidden_units": units, "dropout_rates": rates, "max_norm": norm,
+            "input_dropout": on_features}  # fmt: skip
+    return {"head": head, "early_stopping_patience": patience, "epochs": epochs}
+
+
 EXPERIMENTS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "optimizers": [
         (name, {"optimizer": {"name": name}})
         for name in ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw", "nadam")
     ],
     "bn_dropout": [
-        ("BN + dropout", {}),
-        ("BN only", {"head": {"dropout_rates": (0.0,)}}),
-        ("dropout only", {"head": {"batch_norm": False}}),
-        ("neither", {"head": {"batch_norm": False, "dropout_rates": (0.0,)}}),
+        ("BN + dropout", {"head": {"hidden_units": (256, 256), "dropout_rates": (0.5, 0.5)}}),
+        ("BN only", {"head": {"hidden_units": (256, 256), "dropout_rates": (0.0, 0.0)}}),
+        (
+            "dropout only",
+            {
+                "head": {
+                    "batch_norm": False,
+                    "hidden_units": (256, 256),
+                    "dropout_rates": (0.5, 0.5),
+                }
+            },
+        ),
+        (
+            "neither",
+            {
+                "head": {
+                    "batch_norm": False,
+                    "hidden_units": (256, 256),
+                    "dropout_rates": (0.0, 0.0),
+                }
+            },
+        ),
     ],
     "schedules": [
         (name, {"optimizer": {"schedule": name}})
@@ -63,36 +95,27 @@ EXPERIMENTS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("clipnorm 1.0, lr 0.5", {"optimizer": {**HIGH_RATE, "name": "momentum", "clipnorm": 1.0}}),
     ],
     "mc_dropout": [
-        ("default: dropout 0.5, max-norm 3", {}),
-        ("dropout 0.3", {"head": {"dropout_rates": (0.3,)}}),
-        ("dropout 0.7", {"head": {"dropout_rates": (0.7,)}}),
-        ("input dropout 0.2 + 0.5", {"head": {"input_dropout": 0.2}}),
+        ("one block, 0.5, early stopping", _recipe(one=0.5, patience=5)),
+        ("one block, 0.3, early stopping", _recipe(one=0.3, patience=5)),
+        ("one block, 0.7, early stopping", _recipe(one=0.7, patience=5)),
         (
-            "two blocks, dropout 0.5 each",
-            {"head": {"hidden_units": (256, 256), "dropout_rates": (0.5, 0.5)}},
+            "one block, input 0.2 + 0.5, early stopping",
+            _recipe(one=0.5, patience=5, on_features=0.2),
         ),
-        ("max-norm 1", {"head": {"max_norm": 1.0}}),
-        ("no max-norm", {"head": {"max_norm": None}}),
-        ("early stopping on accuracy", {"early_stopping_monitor": "val_accuracy"}),
-        ("no early stopping, 30 epochs", {"early_stopping_patience": None}),
-        ("no early stopping, 15 epochs", {"early_stopping_patience": None, "epochs": 15}),
-        ("no early stopping, 50 epochs", {"early_stopping_patience": None, "epochs": 50}),
-        ("no early stopping, 100 epochs", {"early_stopping_patience": None, "epochs": 100}),
+        ("two blocks, 0.5 each, early stopping", _recipe(patience=5)),
+        ("one block, 0.5, max-norm 1, early stopping", _recipe(one=0.5, patience=5, norm=1.0)),
+        ("one block, 0.5, no max-norm, early stopping", _recipe(one=0.5, patience=5, norm=None)),
         (
-            "no early stopping, 30 epochs, dropout 0.3",
-            {"early_stopping_patience": None, "head": {"dropout_rates": (0.3,)}},
+            "one block, 0.5, early stopping on accuracy",
+            {**_recipe(one=0.5, patience=5), "early_stopping_monitor": "val_accuracy"},
         ),
-        (
-            "no early stopping, 30 epochs, max-norm 1",
-            {"early_stopping_patience": None, "head": {"max_norm": 1.0}},
-        ),
-        (
-            "no early stopping, 30 epochs, two blocks",
-            {
-                "early_stopping_patience": None,
-                "head": {"hidden_units": (256, 256), "dropout_rates": (0.5, 0.5)},
-            },
-        ),
+        ("one block, 0.5, 15 epochs", _recipe(one=0.5, epochs=15)),
+        ("one block, 0.5, 30 epochs", _recipe(one=0.5)),
+        ("one block, 0.5, 50 epochs", _recipe(one=0.5, epochs=50)),
+        ("one block, 0.5, 100 epochs", _recipe(one=0.5, epochs=100)),
+        ("one block, 0.3, 30 epochs", _recipe(one=0.3)),
+        ("one block, 0.5, max-norm 1, 30 epochs", _recipe(one=0.5, norm=1.0)),
+        ("two blocks, 0.5 each, 30 epochs (default)", _recipe()),
     ],
 }
 

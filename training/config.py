@@ -111,7 +111,14 @@ class TrainConfig(Frozen):
     scale_learning_rate: bool = Field(
         True, description="Multiply the learning rates by the replicas (linear scaling rule)."
     )
-    early_stopping_patience: int | None = Field(5, ge=1)
+    early_stopping_patience: int | None = Field(
+        None,
+        ge=1,
+        description="Early stopping on `early_stopping_monitor`, best weights restored; None: "
+        "train all `epochs` (the default: with early stopping on the validation NLL, MC dropout "
+        "measured worse than the deterministic answer in distribution; see `uqserve compare "
+        "--experiments mc_dropout`).",
+    )
     early_stopping_monitor: Literal["val_loss", "val_accuracy"] = Field(
         "val_loss",
         description="What early stopping watches (and whose best epoch it restores): "
