@@ -63,8 +63,10 @@ Uncertain threshold (MI): {card.uncertain_threshold}; OOD threshold: {card.ood_t
 ## Out-of-distribution detection
 
 Scores: 1 - max probability, predictive entropy, mutual information (all from
-MC dropout), and the feature density of the base's pooled features. OOD is the
-positive class for AUROC and AUPR.
+MC dropout), and `feature_density`, the served OOD score: the densities of the
+L2-normalised pooled base features (`density_base`) and of the head's hidden
+layer (`density_hidden`), each standardised on the validation split, summed.
+OOD is the positive class for AUROC and AUPR.
 
 {ood}
 
