@@ -85,8 +85,8 @@ def test_evaluate_writes_report_metrics_and_plots(evaluated):
     assert set(metrics["calibration"]) == {"deterministic", "mc_T1", "mc_T3"}
     assert set(metrics["ood"]) == {"photo_crops", "noise", f"folder:{evaluated.ood_folder.name}"}
     for table in metrics["ood"].values():
-        assert set(table) == {"max_probability", "predictive_entropy",
-                              "mutual_information", "feature_density"}  # fmt: skip
+        assert set(table) == {"max_probability", "predictive_entropy", "mutual_information",
+                              "feature_density", "density_base", "density_hidden"}  # fmt: skip
         for row in table.values():
             assert 0.0 <= row["auroc"] <= 1.0 and 0.0 <= row["fpr95"] <= 1.0
     assert len(metrics["abstention"]["mutual_information"]) == len(metrics["rejected_fractions"])
