@@ -88,8 +88,9 @@ class StoredModel:
         return load_network(self.model_file, self.tag)
 
     def predictor(self, base_dtype: BaseDtype = "float32") -> MCDropoutPredictor:
-        """The network wrapped for Monte Carlo dropout."""
-        return load_predictor(self.model_file, self.tag, base_dtype)
+        """The network wrapped for Monte Carlo dropout, with the card's temperature: its
+        samples are the ones served."""
+        return load_predictor(self.model_file, self.tag, base_dtype, self.card.temperature)
 
     def density(self) -> OODScore | None:
         """The OOD score saved with the network, or None for a model without one."""
@@ -162,12 +163,12 @@ def load_network(path: str | Path, tag: str) -> keras.Model:
 
 
 def load_predictor(
-    path: str | Path, tag: str, base_dtype: BaseDtype = "float32"
+    path: str | Path, tag: str, base_dtype: BaseDtype = "float32", temperature: float = 1.0
 ) -> MCDropoutPredictor:
     """The Keras model in safe mode, wrapped for Monte Carlo dropout."""
     network = load_network(path, tag)
     try:
-        return MCDropoutPredictor(network, base_dtype=base_dtype)
+        return MCDropoutPredictor(network, base_dtype=base_dtype, temperature=temperature)
     except ValueError as error:  # a head the predictor cannot sample, say
         raise ModelLoadError(f"model {tag!r}: {error}") from None
 

@@ -24,6 +24,12 @@ class ModelCard(Frozen):
     class_names: tuple[str, ...]
     model: ModelConfig
     mc_samples: int = Field(30, ge=1, description="Default number of MC dropout samples.")
+    temperature: float = Field(
+        1.0,
+        gt=0.0,
+        description="Each MC dropout sample is tempered by this before averaging (1: not "
+        "tempered). Fitted by NLL on the validation split; see `temperature_scaling`.",
+    )
     uncertain_threshold: float | None = Field(
         None,
         ge=0.0,

@@ -26,6 +26,10 @@ stay off), and Dropout inside a nested model (not split, so never sampled).
 GaussianNoise is allowed: additive noise for training only, not part of MC
 dropout; in inference it is the identity, here as in `model.predict`.
 
+`temperature` (the model card's, fitted at training; `models.temperature`)
+tempers each dropout sample before the caller averages them; 1 leaves them
+as the network gives them. The deterministic answer is never tempered.
+
 `base_dtype="bfloat16"` (or "float16") runs the frozen base in Keras mixed
 precision: a copy of the base computes in that type, its weights and
 everything after it stay float32. On CPUs with bfloat16 instructions
@@ -45,6 +49,7 @@ from keras import ops
 from models.architecture import get_base, get_head
 from models.config import BASE_DTYPES, BaseDtype
 from models.density import pool
+from models.temperature import check_temperature, temper
 
 
 def _split_index(layers: Sequence[keras.layers.Layer]) -> int:
@@ -139,7 +144,11 @@ class MCDropoutPredictor:
     """Samples class probabilities (B, T, C) from a model built by `build_model`."""
 
     def __init__(
-        self, model: keras.Model, batch_size: int = 32, base_dtype: BaseDtype = "float32"
+        self,
+        model: keras.Model,
+        batch_size: int = 32,
+        base_dtype: BaseDtype = "float32",
+        temperature: float = 1.0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(
@@ -150,6 +159,7 @@ class MCDropoutPredictor:
                 f"Invalid value for `base_dtype`: expected one of {BASE_DTYPES}, "
                 f"received base_dtype={base_dtype!r}"
             )
+        self.temperature = check_temperature(temperature)
         layers = list(get_head(model).layers)
         _check_head(layers)
         self.model = model
@@ -280,7 +290,10 @@ class MCDropoutPredictor:
             repeated = np.repeat(part, samples, axis=0)  # (b*T, ...), image-major
             probs = self._run_suffix(repeated, samples, rngs[start : start + chunk])
             out.append(probs.reshape(len(part), samples, -1))  # (b, T, C)
-        return np.concatenate(out, axis=0)
+        draws = np.concatenate(out, axis=0)
+        if self.temperature == 1.0:
+            return draws
+        return temper(draws, self.temperature).astype(draws.dtype)  # each sample, then averaged
 
     def predict_from_hidden(self, hidden: np.ndarray) -> np.ndarray:
         """Deterministic probabilities (B, C) from `hidden` rows: dropout off."""

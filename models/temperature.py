@@ -25,7 +25,8 @@ _TINY = np.finfo(np.float64).tiny
 BOUNDS = (0.05, 20.0)  # temperatures searched by `fit_temperature`
 
 
-def _check_temperature(temperature: float) -> float:
+def check_temperature(temperature: float) -> float:
+    """`temperature` as a float, or a Keras-style error unless it is a finite number > 0."""
     number = isinstance(temperature, int | float) and not isinstance(temperature, bool)
     if not (number and math.isfinite(temperature)) or temperature <= 0:
         raise ValueError(
@@ -41,7 +42,7 @@ def temper(samples: np.ndarray, temperature: float) -> np.ndarray:
     Computed as softmax(log p / tau) in float64; tau = 1 returns the input
     (as float64) unchanged, so an untempered model costs nothing.
     """
-    temperature = _check_temperature(temperature)
+    temperature = check_temperature(temperature)
     samples = np.asarray(samples, dtype=np.float64)
     if samples.ndim != 3:
         raise ValueError(
@@ -63,7 +64,7 @@ def fit_temperature(
     their NLL. Fit on held-out data (not the training split, where the
     network is overconfident) and measure on other data.
     """
-    low, high = (_check_temperature(b) for b in bounds)
+    low, high = (check_temperature(b) for b in bounds)
     if not low < 1.0 < high:
         raise ValueError(f"Invalid value for `bounds`: expected low < 1 < high, received {bounds}")
     samples = np.asarray(samples, dtype=np.float64)

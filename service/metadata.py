@@ -25,6 +25,7 @@ async def metadata(request: Request) -> JSONResponse:
         max_pixels=settings.max_pixels,
         max_file_bytes=settings.max_file_bytes,
         max_request_bytes=settings.max_request_bytes,
+        temperature=card.temperature,
         uncertain_threshold=card.uncertain_threshold,
         ood_threshold=card.ood_threshold,
         guarantees=None if card.guarantees is None else card.guarantees.summary(),

@@ -43,6 +43,9 @@ class ModelMetadata(BaseModel):
     max_pixels: int
     max_file_bytes: int
     max_request_bytes: int
+    temperature: float = Field(
+        description="Each MC dropout sample is tempered by this before averaging (1: not tempered)."
+    )
     uncertain_threshold: float | None
     ood_threshold: float | None
     guarantees: dict[str, Any] | None = Field(

@@ -11,6 +11,7 @@ from models.architecture import compose, get_base
 from models.config import HeadConfig
 from models.head import HEAD_NAME
 from models.mc_dropout import MCDropoutPredictor, naive_mc_samples
+from models.temperature import temper
 from tests.conftest import bn_statistics, randomize_bn_statistics, tiny_model
 
 
@@ -302,3 +303,14 @@ def test_seeds_that_are_not_non_negative_integers_are_refused(model, images):
             predictor.sample(images, 2, image_seeds=seeds)
     with pytest.raises(ValueError, match=r"`image_seeds\[0\]`"):
         predictor.sample_each(images, [1] * 6, [0.5, *bad[1:]])
+
+
+def test_temperature_tempers_each_sample_and_never_the_deterministic_answer(model, images):
+    plain = MCDropoutPredictor(model)
+    warm = MCDropoutPredictor(model, temperature=2.5)
+    raw, tempered = plain.sample(images, 6, seed=4), warm.sample(images, 6, seed=4)
+    np.testing.assert_allclose(tempered, temper(raw, 2.5), atol=1e-6)
+    assert tempered.max() < raw.max()  # softer
+    np.testing.assert_array_equal(warm.predict(images), plain.predict(images))
+    with pytest.raises(ValueError, match="Invalid value for `temperature`"):
+        MCDropoutPredictor(model, temperature=0.0)

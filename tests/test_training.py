@@ -11,12 +11,16 @@ import pytest
 from adapters.model_store import ModelNotFoundError, StoredModel, export_model
 from models.architecture import get_base, get_head
 from models.backbone import BaseWeightsError, build_base
+from models.conformal import ConformalCalibration
 from models.mc_dropout import MCDropoutPredictor
+from models.temperature import fit_temperature, temper
+from models.uncertainty import mean_probabilities
 from tests.conftest import TINY as PREP  # 32x32 preprocessing
 from tests.conftest import bn_statistics
 from training.config import Optimizer, Schedule, TrainConfig
 from training.data import DatasetError, load_dataset, split_dataset
-from training.pipeline import run_training
+from training.outputs import predictor_outputs
+from training.pipeline import run_training, served_temperature
 from training.pretrain import PretrainConfig, pretrain
 from training.train import build_for, fine_tune, fit_head, train_model
 
@@ -311,3 +315,42 @@ def test_an_older_model_without_a_calibration_split_rebuilds_its_own_splits():
     splits = split_dataset(load_dataset("digits", PREP), config.data, config.seed)
     assert len(splits.calibration.labels) == 0 and len(splits.test.labels) == 15
     assert len(splits.train.labels) + len(splits.validation.labels) == 85
+
+
+def test_served_temperature_softens_only_unless_asked():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0.0, 3.0, (3000, 4))
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+
+    def draw(true_temperature: float) -> np.ndarray:
+        truth = np.exp(logits / true_temperature)
+        truth /= truth.sum(axis=1, keepdims=True)
+        return np.array([rng.choice(4, p=row) for row in truth])
+
+    over, under = draw(2.0), draw(0.5)  # the model over- and underconfident
+    samples = probs[:, None]  # (N, 1, C)
+    soften, fit, off = (tiny_config(temperature_scaling=m) for m in ("soften", "fit", "off"))
+    assert served_temperature(samples, over, soften) == pytest.approx(2.0, rel=0.1)
+    assert served_temperature(samples, under, soften) == 1.0  # sharpening: not served
+    assert served_temperature(samples, under, fit) == pytest.approx(0.5, rel=0.1)
+    assert served_temperature(samples, over, off) == 1.0
+
+
+def test_a_served_temperature_is_in_the_card_the_predictor_and_the_guarantees(tmp_path):
+    config = tiny_config(export=True, output_dir=tmp_path, model_name="tempered",
+                         temperature_scaling="fit")  # fmt: skip
+    result = run_training(config, verbose=0)
+    card, stored = result.card, StoredModel.open(result.tag)
+    splits = split_dataset(load_dataset("digits", PREP), config.data, config.seed)
+    raw = MCDropoutPredictor(stored.network())
+    validation = predictor_outputs(raw, splits.validation.images, PREP, 5, config.seed)
+    assert card.temperature == fit_temperature(validation.samples, splits.validation.labels)
+    assert card.temperature != 1.0 and stored.predictor().temperature == card.temperature
+    held = predictor_outputs(raw, splits.calibration.images, PREP, 5, config.seed)
+    served = predictor_outputs(stored.predictor(), splits.calibration.images, PREP, 5, config.seed)
+    np.testing.assert_allclose(served.samples, temper(held.samples, card.temperature), atol=1e-6)
+    np.testing.assert_array_equal(served.deterministic, held.deterministic)  # never tempered
+    refit = ConformalCalibration.fit(
+        mean_probabilities(served.samples), splits.calibration.labels, "lac"
+    )
+    np.testing.assert_allclose(refit.scores, card.guarantees.mc.sets.scores, atol=1e-6)

@@ -73,6 +73,7 @@ TRAIN_FLAGS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("--fine-tune-learning-rate", "fine_tune_learning_rate", {"type": float}),
     ("--mc-samples", "mc_samples", {"type": int}),
     ("--calibration-fraction", "data.calibration_fraction", {"type": float, "help": "held out for the guarantees only (0: none)"}),  # noqa: E501
+    ("--temperature-scaling", "temperature_scaling", {"choices": ("soften", "fit", "off"), "help": "serve a temperature fitted on validation: only if it softens (default), always, never"}),  # noqa: E501
     ("--conformal-method", "conformal_method", {"choices": ("lac", "aps")}),
     ("--default-alpha", "default_alpha", {"type": float, "help": "prediction sets' default miss rate"}),  # noqa: E501
     ("--target-risk", "target_risk", {"type": float, "help": "most errors among accepted answers"}),

@@ -129,6 +129,12 @@ class TrainConfig(Frozen):
     fine_tune_epochs: int = Field(3, ge=1)
     fine_tune_learning_rate: float = Field(1e-5, gt=0.0)
     mc_samples: int = Field(30, ge=1, description="Default MC samples saved with the model.")
+    temperature_scaling: Literal["soften", "fit", "off"] = Field(
+        "soften",
+        description="One temperature for the MC samples, fitted by NLL on the validation "
+        "split: soften serves it only when it is above 1 (it softens; a sharpening one "
+        "raised the NLL under shift in every measured run), fit serves it always, off never.",
+    )
     conformal_method: Literal["lac", "aps"] = Field(
         "lac", description="Prediction-set score: lac (1 - p_y, smallest sets) or aps (adaptive)."
     )

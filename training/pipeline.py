@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
@@ -16,6 +16,7 @@ from models.config import ModelConfig
 from models.density import OODScore
 from models.guarantees import Guarantees, calibrate, measure
 from models.mc_dropout import MCDropoutPredictor
+from models.temperature import fit_temperature, temper
 from models.uncertainty import mutual_information, summarize
 from training.config import TrainConfig
 from training.data import Splits, load_dataset, split_dataset
@@ -60,9 +61,14 @@ def fit_uncertainty(
     validation = predictor_outputs(predictor, splits.validation.images, prep, samples, seed)
     density = OODScore.fit(train.features, splits.train.labels, validation.features)
     ood_scores = density.score(validation.features)
+    temperature = served_temperature(validation.samples, splits.validation.labels, config)
     fields: dict[str, object] = {
-        "ood_threshold": float(np.quantile(ood_scores, config.ood_quantile))
+        "ood_threshold": float(np.quantile(ood_scores, config.ood_quantile)),
+        "temperature": temperature,
     }
+    if temperature != 1.0:  # the samples the service will give: tempered
+        predictor = MCDropoutPredictor(model, temperature=temperature)
+        validation = replace(validation, samples=temper(validation.samples, temperature))
     test = predictor_outputs(predictor, splits.test.images, prep, samples, seed)
     if len(splits.calibration.labels) > 0:
         calibration = predictor_outputs(predictor, splits.calibration.images, prep, samples, seed)
@@ -71,6 +77,15 @@ def fit_uncertainty(
         uncertain = np.quantile(mutual_information(validation.samples), config.uncertain_quantile)
         fields["uncertain_threshold"] = float(uncertain)
     return density, fields, split_metrics(test, splits.test.labels)
+
+
+def served_temperature(samples: np.ndarray, labels: np.ndarray, config: TrainConfig) -> float:
+    """The temperature the model serves: fitted by NLL on validation samples (N, T, C),
+    kept per `config.temperature_scaling` (soften: only above 1; fit: always; off: 1)."""
+    if config.temperature_scaling == "off":
+        return 1.0
+    fitted = fit_temperature(samples, labels)
+    return fitted if config.temperature_scaling == "fit" or fitted > 1.0 else 1.0
 
 
 def fit_guarantees(

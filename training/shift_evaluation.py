@@ -87,6 +87,7 @@ class ShiftEvaluation:
     temperatures: dict[str, float]
     alpha: float | None
     served: str
+    card_temperature: float = 1.0  # already in every MC row: the samples as served
     conditions: list[dict] = field(default_factory=list)
     ood_sets: dict[str, dict] = field(default_factory=dict)
     summary: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -223,7 +224,7 @@ def shift_evaluation(
     most = max(p.samples or 1 for p in context.compared)
     clean = keras.ops.convert_to_numpy(rgb_at_size(splits.test.images, prep))  # (N, H, W, 3)
     served = next(p.name for p in context.compared if p.samples == card.mc_samples)
-    result = ShiftEvaluation(context.temperatures, context.alpha, served)
+    result = ShiftEvaluation(context.temperatures, context.alpha, served, card.temperature)
     for shift, intensity in [(None, 0), *conditions(quick)]:
         name = "clean" if shift is None else shift.name
         step(f"shift: {name} {intensity}")
