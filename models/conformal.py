@@ -254,6 +254,15 @@ def prediction_sets(
     return scores <= threshold
 
 
+def served_prediction_sets(
+    probs: np.ndarray, calibration: ConformalCalibration, alpha: float
+) -> np.ndarray:
+    """Membership (B, C) as uqserve serves it: APS with u = 0 (the class that crosses the
+    threshold is kept; supersets of the randomized sets, so coverage stays >= 1 - alpha
+    whatever seed a client sends again), LAC as is."""
+    return prediction_sets(probs, calibration, alpha, 0.0 if calibration.method == "aps" else None)
+
+
 def ranked_members(probs_row: np.ndarray, member_row: np.ndarray) -> list[int]:
     """One set's class indices, most probable first (ties: lower index first)."""
     probs_row = np.asarray(probs_row, dtype=np.float64)

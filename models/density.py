@@ -274,6 +274,11 @@ class OODScore:
             return cls({"base": FeatureDensity.from_arrays(arrays)}, {"base": 0.0}, {"base": 1.0},
                        normalized=False)  # fmt: skip
         names = [n for n in PARTS if f"{n}.location" in arrays]
+        if not names:
+            raise ValueError(
+                f"Invalid value for `arrays`: expected at least one part of {PARTS}, "
+                f"received keys {sorted(arrays)}"
+            )
         densities = {
             n: FeatureDensity.from_arrays({k.split(".", 1)[1]: v for k, v in arrays.items()
                                            if k.startswith(f"{n}.")})

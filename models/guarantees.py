@@ -25,7 +25,12 @@ from pydantic import Field, model_validator
 
 from models import uncertainty
 from models.config import Frozen
-from models.conformal import ConformalCalibration, Method, coverage, prediction_sets
+from models.conformal import (
+    ConformalCalibration,
+    Method,
+    coverage,
+    served_prediction_sets,
+)
 from models.selective import RiskControl, choose_score
 
 REPORTED_ALPHAS = (0.01, 0.02, 0.05, 0.1, 0.2)  # test coverage and set size recorded at these
@@ -68,7 +73,7 @@ class Calibrated(Frozen):
         crosses the threshold is kept): supersets of the randomized sets, so
         coverage stays >= 1 - alpha whatever seed a client sends again.
         """
-        return prediction_sets(probs, self.sets, alpha, 0.0 if self.sets.method == "aps" else None)
+        return served_prediction_sets(probs, self.sets, alpha)
 
     def accepted(self, samples: np.ndarray) -> np.ndarray:
         """samples (n, T, C) -> accepted (n,) bool: the rule's own score only."""

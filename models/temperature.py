@@ -3,17 +3,20 @@
 A sample's probabilities p become softmax(log p / tau): tau > 1 softens
 (less confident), tau < 1 sharpens, tau = 1 changes nothing, and the most
 probable class never changes. The network ends in a softmax, so log p are its
-logits up to a per-row constant, which the softmax ignores.
+logits up to a per-row constant, which the softmax ignores. Its float32
+output cannot tell a probability below float32's smallest normal number
+from 0, so that is the floor taken.
 
 On Monte Carlo samples (B, T, C) each dropout sample is tempered before the
-samples are averaged, so one temperature serves the deterministic answer
-(T = 1) and MC dropout alike. It is fitted by minimising the NLL of the
+samples are averaged; a deterministic answer is the case T = 1 (uqserve fits
+one temperature for each, and serves only the MC one). It is fitted by minimising the NLL of the
 predictive distribution on held-out data, in log space.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -21,13 +24,13 @@ from scipy.special import log_softmax
 
 from models.uncertainty import nll
 
-_TINY = np.finfo(np.float64).tiny
+_TINY = float(np.finfo(np.float32).tiny)  # the smallest probability a float32 softmax tells
 BOUNDS = (0.05, 20.0)  # temperatures searched by `fit_temperature`
 
 
 def check_temperature(temperature: float) -> float:
     """`temperature` as a float, or a Keras-style error unless it is a finite number > 0."""
-    number = isinstance(temperature, int | float) and not isinstance(temperature, bool)
+    number = isinstance(temperature, numbers.Real) and not isinstance(temperature, bool)
     if not (number and math.isfinite(temperature)) or temperature <= 0:
         raise ValueError(
             "Invalid value for `temperature`: expected a finite number > 0, "
@@ -64,6 +67,8 @@ def fit_temperature(
     their NLL. Fit on held-out data (not the training split, where the
     network is overconfident) and measure on other data.
     """
+    if len(bounds) != 2:
+        raise ValueError(f"Invalid value for `bounds`: expected (low, high), received {bounds}")
     low, high = (check_temperature(b) for b in bounds)
     if not low < 1.0 < high:
         raise ValueError(f"Invalid value for `bounds`: expected low < 1 < high, received {bounds}")

@@ -94,3 +94,6 @@ def test_density_absent_is_none_and_corrupt_is_named(tmp_path):
     (tmp_path / "density.npz").write_bytes(b"garbage")
     with pytest.raises(ModelLoadError, match=r"density file .* is corrupt"):
         load_density(str(tmp_path / "density.npz"), "t:1")
+    np.savez(tmp_path / "empty.npz", normalized=np.array(True))  # no part at all
+    with pytest.raises(ModelLoadError, match=r"corrupt .*expected at least one part"):
+        load_density(str(tmp_path / "empty.npz"), "t:1")

@@ -203,9 +203,10 @@ def evaluate(
             )
         if options.shift:
             step("shift: temperatures and set calibrations")
-            context = prepare(predictor, card, splits, density, tuple(options.grid), options.seed)
+            raw = MCDropoutPredictor(predictor.model)  # untempered: temperatures are compared
+            context = prepare(raw, card, splits, density, tuple(options.grid), options.seed)
             result.shift = shift_evaluation(
-                predictor, context, splits, images, options.seed, options.quick, step
+                raw, context, splits, images, options.seed, options.quick, step
             )
         step("plots and report")
         folder = output_root / tag.replace(":", "_")  # reports/<name>_<version>

@@ -48,12 +48,13 @@ def split_metrics(outputs: SplitOutputs, labels: np.ndarray) -> dict[str, float]
 def fit_uncertainty(
     model: keras.Model, splits: Splits, config: TrainConfig
 ) -> tuple[OODScore, dict[str, object], dict[str, float]]:
-    """Each split its one job: density on train, OOD threshold on validation, guarantees
-    on calibration, metrics on test.
+    """Each split its one job: density on train; its standardisation, the OOD threshold
+    and the served temperature on validation; guarantees on calibration (on the
+    served, tempered samples); metrics on test.
 
-    Returns the density, the card's uncertainty fields (`ood_threshold`, and
-    `guarantees`, or without a calibration split the percentile flag
-    `uncertain_threshold`) and the test metrics.
+    Returns the density, the card's uncertainty fields (`ood_threshold`,
+    `temperature`, and `guarantees`, or without a calibration split the
+    percentile flag `uncertain_threshold`) and the test metrics.
     """
     predictor = MCDropoutPredictor(model)
     prep, seed, samples = config.preprocessing, config.seed, config.mc_samples
@@ -109,7 +110,8 @@ def split_roles(splits: Splits) -> dict[str, str]:
     """What each split did, with its size: said in the model card."""
     roles = {
         "train": "fits the head and the feature density",
-        "validation": "early stopping, learning-rate schedules, the OOD threshold",
+        "validation": "early stopping, learning-rate schedules, the OOD score's "
+        "standardisation and threshold, the served temperature",
         "calibration": "prediction sets and the acceptance threshold, nothing else",
         "test": "the reported metrics and the guarantees' test figures",
     }

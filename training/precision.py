@@ -34,7 +34,7 @@ def answers(
     test = held_out_split(card)
     result = {}
     for dtype in dtypes:
-        predictor = MCDropoutPredictor(network, base_dtype=dtype)
+        predictor = MCDropoutPredictor(network, base_dtype=dtype, temperature=card.temperature)
         outputs = predictor_outputs(predictor, test.images, card.model.preprocessing, samples, seed)
         scores = None if density is None else density.score(outputs.features)
         result[dtype] = (outputs, scores)

@@ -243,9 +243,10 @@ def shift_section(figures: Any) -> str:
 ## Under distribution shift
 
 The test split rotated, noised, blurred, low in contrast and translated
-(`training/shifts.py`), for each predictor. The MC rows are the samples as
-served, tempered by the card's temperature ({figures.card_temperature:.3f}; 1: none).
-Temperatures fitted by NLL on the validation split: {temperatures}. Prediction sets at alpha = {figures.alpha}
+(`training/shifts.py`), for each predictor. Temperatures: {temperatures} (fitted
+by NLL on the validation split; the MC one is the card's when the model serves
+one, here {figures.card_temperature:.3f}, 1 meaning none). Prediction sets at
+alpha = {figures.alpha}
 (the served predictor, {figures.served}, with the card's calibration; the others
 calibrated the same way on the calibration split). Means over conditions:
 

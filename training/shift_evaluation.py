@@ -9,17 +9,19 @@ image sets, for each predictor:
   validation split (Guo et al. 2017), the standard post-hoc baseline;
 - `MC T=t` for each t of the grid above 1: the mean of t dropout samples;
 - `MC T=<served> + temperature`: the model's own T, each sample tempered by
-  one temperature fitted on the validation split.
+  one temperature fitted on the validation split, or by the card's own when
+  the model serves one (then this row is the served answer).
 
 Each condition runs the deterministic part once and draws the largest T once;
 smaller T read the first samples, so all predictors see the same masks.
-Prediction sets at the card's default alpha: the untempered MC predictor at
-the card's T uses the card's stored calibration, as served; every other
-predictor is calibrated the same way (the card's method) on the calibration
-split, which nothing else uses. `ood_fraction` (feature density above the
-card's threshold) does not depend on the predictor; `uncertain_fraction`
-(answers the card's risk rule does not accept) is given for the untempered MC
-predictors, the ones that rule was calibrated for.
+The MC samples are drawn untempered (an untempered predictor is passed in).
+Prediction sets at the card's default alpha: the served predictor uses the
+card's stored calibration; every other predictor is calibrated the same way
+(the card's method) on the calibration split, which nothing else uses.
+`ood_fraction` (feature density above the card's threshold) does not depend
+on the predictor; `uncertain_fraction` (answers the card's risk rule does not
+accept) is given for the MC predictors tempered as served, the ones that rule
+was calibrated for.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import keras
 import numpy as np
 
 from models.card import ModelCard
-from models.conformal import ConformalCalibration, prediction_sets
+from models.conformal import ConformalCalibration, served_prediction_sets
 from models.density import OODScore
 from models.mc_dropout import MCDropoutPredictor
 from models.preprocessing import rgb_at_size
@@ -87,7 +89,7 @@ class ShiftEvaluation:
     temperatures: dict[str, float]
     alpha: float | None
     served: str
-    card_temperature: float = 1.0  # already in every MC row: the samples as served
+    card_temperature: float = 1.0  # the served temperature (1: none): `temperatures["mc"]` then
     conditions: list[dict] = field(default_factory=list)
     ood_sets: dict[str, dict] = field(default_factory=dict)
     summary: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -102,32 +104,38 @@ def fit_temperatures(validation: SplitOutputs, labels: np.ndarray, served: int) 
     }
 
 
+def served_name(card: ModelCard) -> str:
+    """The compared predictor that is the served answer: MC at the card's T, tempered
+    when the card has a temperature."""
+    tempered = " + temperature" if card.temperature != 1.0 else ""
+    return f"MC T={card.mc_samples}{tempered}"
+
+
 def set_calibrations(
     card: ModelCard,
     compared: list[Predictor],
     calibration: SplitOutputs,
     labels: np.ndarray,
     temperatures: dict[str, float],
+    seed: int,
 ) -> dict[str, ConformalCalibration]:
     """Per predictor, its prediction-set calibration: the card's own for the served
-    predictor, else fitted the card's way on the calibration split outputs."""
+    predictor, else fitted the card's way on the calibration split outputs (APS's u
+    from its own stream (seed, 7, index))."""
     guarantees = card.guarantees
     if guarantees is None:
         return {}
-    method, rng = guarantees.mc.sets.method, np.random.default_rng([0, 7])
     fitted = {}
-    for predictor in compared:
-        if predictor.samples == card.mc_samples and not predictor.tempered:
+    for index, predictor in enumerate(compared):
+        if predictor.name == served_name(card):
             fitted[predictor.name] = guarantees.mc.sets  # as served
             continue
         probs = mean_probabilities(predictor.read(calibration, temperatures))
-        fitted[predictor.name] = ConformalCalibration.fit(probs, labels, method, rng)
+        rng = np.random.default_rng([seed, 7, index])
+        fitted[predictor.name] = ConformalCalibration.fit(
+            probs, labels, guarantees.mc.sets.method, rng
+        )
     return fitted
-
-
-def served_sets(probs: np.ndarray, sets: ConformalCalibration, alpha: float) -> np.ndarray:
-    """Sets (N, C) as the service makes them (APS with u = 0)."""
-    return prediction_sets(probs, sets, alpha, 0.0 if sets.method == "aps" else None)
 
 
 def predictor_figures(
@@ -146,7 +154,7 @@ def predictor_figures(
         row = {"mean_mutual_information": float(mutual_information(samples).mean())}
     row["mean_predictive_entropy"] = float(predictive_entropy(samples).mean())
     if sets is not None and alpha is not None:
-        members = served_sets(mean_probabilities(samples), sets, alpha)  # (N, C)
+        members = served_prediction_sets(mean_probabilities(samples), sets, alpha)  # (N, C)
         row["set_size"] = float(members.sum(axis=1).mean())
         if labels is not None:
             row["coverage"] = float(members[np.arange(len(labels)), labels].mean())
@@ -178,10 +186,11 @@ class Context:
         if self.density is not None and threshold is not None:
             scores = self.density.score(outputs.features)  # (N,)
             row["ood_fraction"] = float((scores > threshold).mean())
+        as_served = self.card.temperature != 1.0  # the rule was calibrated on these samples
         for predictor in self.compared:
             samples = predictor.read(outputs, self.temperatures)
             accepted = None
-            if guarantees is not None and predictor.samples and not predictor.tempered:
+            if guarantees is not None and predictor.samples and predictor.tempered == as_served:
                 accepted = guarantees.for_samples(predictor.samples).accepted(samples)
             sets = self.calibrations.get(predictor.name)
             row["predictors"][predictor.name] = predictor_figures(
@@ -194,17 +203,23 @@ def prepare(
     predictor: MCDropoutPredictor, card: ModelCard, splits: Splits, density: OODScore | None,
     grid: tuple[int, ...], seed: int,
 ) -> Context:  # fmt: skip
-    """Temperatures from the validation split, set calibrations from the calibration split."""
+    """Temperatures from the validation split, set calibrations from the calibration split.
+
+    `predictor` gives untempered samples. A card with a temperature is served
+    tempered by it: that is then the MC temperature compared, not a refit.
+    """
     prep, served = card.model.preprocessing, card.mc_samples
     compared = predictors(grid, served)
     validation = predictor_outputs(predictor, splits.validation.images, prep, served, seed)
     temperatures = fit_temperatures(validation, splits.validation.labels, served)
+    if card.temperature != 1.0:
+        temperatures["mc"] = card.temperature
     calibrations: dict[str, ConformalCalibration] = {}
     if card.guarantees is not None and len(splits.calibration.labels) > 0:
         most = max(p.samples or 1 for p in compared)
         held = predictor_outputs(predictor, splits.calibration.images, prep, most, seed)
         calibrations = set_calibrations(
-            card, compared, held, splits.calibration.labels, temperatures
+            card, compared, held, splits.calibration.labels, temperatures, seed
         )
     return Context(card, compared, temperatures, calibrations, density)
 
@@ -223,8 +238,9 @@ def shift_evaluation(
     card, prep = context.card, context.card.model.preprocessing
     most = max(p.samples or 1 for p in context.compared)
     clean = keras.ops.convert_to_numpy(rgb_at_size(splits.test.images, prep))  # (N, H, W, 3)
-    served = next(p.name for p in context.compared if p.samples == card.mc_samples)
-    result = ShiftEvaluation(context.temperatures, context.alpha, served, card.temperature)
+    result = ShiftEvaluation(
+        context.temperatures, context.alpha, served_name(card), card.temperature
+    )
     for shift, intensity in [(None, 0), *conditions(quick)]:
         name = "clean" if shift is None else shift.name
         step(f"shift: {name} {intensity}")
