@@ -16,7 +16,10 @@ from PIL import Image
 from adapters.model_store import StoredModel
 from models.conformal import ConformalCalibration
 from models.guarantees import calibrate
-from models.uncertainty import mean_probabilities
+from models.mc_dropout import MCDropoutPredictor
+from models.temperature import temper
+from models.uncertainty import mean_probabilities, nll
+from tests.conftest import TINY
 from tests.test_training import tiny_config
 from training.cli import main
 from training.evaluate import (
@@ -249,7 +252,12 @@ def test_evaluate_shift_measures_every_predictor_on_every_condition(evaluated):
     assert [(r["shift"], r["intensity"]) for r in rows] == [("clean", 0)] + [
         (s.name, i) for s, i in conditions(quick=True)
     ]
-    assert figures["served"] == "MC T=5"  # the card's T
+    card = evaluated.training.card
+    tempered = card.temperature != 1.0  # soften: served only when above 1
+    assert figures["served"] == ("MC T=5 + temperature" if tempered else "MC T=5")  # card's T
+    if tempered:  # the served temperature is the MC one compared, not a refit
+        assert figures["temperatures"]["mc"] == card.temperature
+    ruled = {"MC T=5 + temperature"} if tempered else {"MC T=3", "MC T=5"}
     for row in rows:
         assert set(row["predictors"]) == SHIFT_PREDICTORS
         assert 0.0 <= row["ood_fraction"] <= 1.0
@@ -257,7 +265,7 @@ def test_evaluate_shift_measures_every_predictor_on_every_condition(evaluated):
             assert 0.0 <= cell["accuracy"] <= 1.0 and 0.0 <= cell["ece"] <= 1.0
             assert np.isfinite(cell["nll"]) and cell["nll"] > 0.0
             assert 0.0 <= cell["coverage"] <= 1.0 and 0.0 <= cell["set_size"] <= 10.0
-            assert ("uncertain_fraction" in cell) == (name in {"MC T=3", "MC T=5"})
+            assert ("uncertain_fraction" in cell) == (name in ruled)
     assert set(figures["ood_sets"]) == {
         "photo_crops",
         "noise",
@@ -269,9 +277,16 @@ def test_evaluate_shift_measures_every_predictor_on_every_condition(evaluated):
 
 def test_evaluate_shift_clean_condition_is_the_plain_evaluation(evaluated):
     clean = evaluated.metrics["shift"]["conditions"][0]["predictors"]
-    plain = evaluated.metrics["calibration"]
+    plain = evaluated.metrics["calibration"]  # as served: tempered by the card's temperature
     assert clean["deterministic"]["nll"] == pytest.approx(plain["deterministic"]["nll"], rel=1e-3)
-    assert clean["MC T=3"]["nll"] == pytest.approx(plain["mc_T3"]["nll"], rel=1e-3)
+    raw = MCDropoutPredictor(StoredModel.open(evaluated.training.tag).network())
+    splits, _ = rebuilt_splits(evaluated.training.card)
+    outputs = predictor_outputs(raw, splits.test.images, TINY, 3, 0)  # evaluate's seed 0
+    assert clean["MC T=3"]["nll"] == pytest.approx(
+        nll(outputs.samples, splits.test.labels), rel=1e-3
+    )
+    served = temper(outputs.samples, evaluated.training.card.temperature)
+    assert plain["mc_T3"]["nll"] == pytest.approx(nll(served, splits.test.labels), rel=1e-3)
 
 
 def test_evaluate_shift_summary_report_plots_and_headline(evaluated):
@@ -286,5 +301,5 @@ def test_evaluate_shift_summary_report_plots_and_headline(evaluated):
             evaluated.folder / plot
         ).stat().st_size > 10_000 and f"]({plot})" in evaluated.report
     stored = bentoml.models.get(evaluated.training.tag).info.metadata["evaluation"]
-    assert stored["shifted_nll_mc"] == figures["summary"]["MC T=5"]["shifted_nll"]
+    assert stored["shifted_nll_mc"] == figures["summary"][figures["served"]]["shifted_nll"]
     assert "shifted," in evaluated.stdout
