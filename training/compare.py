@@ -26,7 +26,7 @@ from models.uncertainty import expected_calibration_error, nll, summarize
 from training.base_maps import base_maps
 from training.config import TrainConfig, deep_merge
 from training.data import Dataset, load_dataset, split_dataset
-from training.outputs import SplitOutputs
+from training.outputs import SplitOutputs, from_hidden
 from training.plots import plot_experiment
 from training.progress import progress_bar
 from training.report import table
@@ -209,9 +209,7 @@ def _outputs(
     """Deterministic answer and `samples` MC draws from cached base maps (image i: stream
     (seed, i), as `training.outputs.predictor_outputs` draws them)."""
     hidden = predictor.hidden_from_maps(maps)
-    rngs = [np.random.default_rng([seed, i]) for i in range(len(hidden))]
-    draws = predictor.sample_from_hidden(hidden, samples, rngs)  # (N, T, C)
-    deterministic = predictor.predict_from_hidden(hidden)
+    deterministic, draws = from_hidden(predictor, hidden, samples, seed)  # (N, C), (N, T, C)
     return SplitOutputs(np.empty((len(hidden), 0)), deterministic, draws, hidden)
 
 

@@ -29,6 +29,19 @@ class SplitOutputs:
         return {"base": self.embeddings, "hidden": self.hidden}
 
 
+def from_hidden(
+    predictor: MCDropoutPredictor, hidden: np.ndarray, samples: int, seed: int, start: int = 0
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The deterministic answer (n, C) and `samples` MC draws (n, T, C; None when 0) of
+    `hidden` rows; row i draws from the stream (seed, start + i), so an image's draws
+    depend only on its place in its split."""
+    deterministic = predictor.predict_from_hidden(hidden)
+    if samples == 0:
+        return deterministic, None
+    rngs = [np.random.default_rng([seed, start + i]) for i in range(len(hidden))]
+    return deterministic, predictor.sample_from_hidden(hidden, samples, rngs)
+
+
 def predictor_outputs(
     predictor: MCDropoutPredictor,
     images: np.ndarray,
@@ -43,10 +56,10 @@ def predictor_outputs(
         embedded, hidden = predictor.forward(x)  # (n, D), (n, ...)
         embeddings.append(embedded)
         hiddens.append(hidden)
-        deterministic.append(predictor.predict_from_hidden(hidden))
-        if samples > 0:
-            rngs = [np.random.default_rng([seed, start + i]) for i in range(len(x))]
-            draws.append(predictor.sample_from_hidden(hidden, samples, rngs))
+        answer, sampled = from_hidden(predictor, hidden, samples, seed, start)
+        deterministic.append(answer)
+        if sampled is not None:
+            draws.append(sampled)
     classes = deterministic[0].shape[1]
     sampled = np.concatenate(draws) if draws else np.empty((len(images), 0, classes))
     return SplitOutputs(

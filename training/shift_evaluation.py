@@ -33,7 +33,7 @@ import keras
 import numpy as np
 
 from models.card import ModelCard
-from models.conformal import ConformalCalibration, served_prediction_sets
+from models.conformal import ConformalCalibration, coverage, served_prediction_sets
 from models.density import OODScore
 from models.mc_dropout import MCDropoutPredictor
 from models.preprocessing import rgb_at_size
@@ -157,7 +157,7 @@ def predictor_figures(
         members = served_prediction_sets(mean_probabilities(samples), sets, alpha)  # (N, C)
         row["set_size"] = float(members.sum(axis=1).mean())
         if labels is not None:
-            row["coverage"] = float(members[np.arange(len(labels)), labels].mean())
+            row["coverage"] = coverage(members, labels)
     if accepted is not None:
         row["uncertain_fraction"] = float(1.0 - accepted.mean())
     return row
