@@ -37,13 +37,25 @@ BIN = Path(sys.executable).parent
 IMAGES_PER_REQUEST = {"/predict [1 image]": 1, "/predict [4 images]": 4, "/predict_array": 1}
 
 
-def run_locust(url: str, users: int, spawn_rate: float, duration: str, output: Path) -> int:
-    """Locust headless against `url`; its exit code (non-zero when a request failed)."""
+def run_locust(
+    url: str,
+    users: int,
+    spawn_rate: float,
+    duration: str,
+    output: Path,
+    locustfile: str = "locustfile.py",
+    user_class: str | None = None,
+) -> int:
+    """Locust headless against `url`; its exit code (non-zero when a request failed).
+
+    `locustfile` is a file in `load_tests/`; `user_class` picks one of its users.
+    """
     output = output.resolve()  # Locust runs in ROOT; a relative path would move
     command = [
-        str(BIN / "locust"), "-f", str(HERE / "locustfile.py"), "--headless", "--host", url,
+        str(BIN / "locust"), "-f", str(HERE / locustfile), "--headless", "--host", url,
         "-u", str(users), "-r", str(spawn_rate), "-t", duration, "--only-summary",
         "--csv", str(output / "locust"), "--html", str(output / "report.html"),
+        *([user_class] if user_class else []),
     ]  # fmt: skip
     return subprocess.run(command, cwd=ROOT, check=False).returncode
 

@@ -51,6 +51,11 @@ from models.config import BASE_DTYPES, BaseDtype
 from models.density import pool
 from models.temperature import check_temperature, temper
 
+# Most values of the repeated (b*T, ...) suffix input in one call: 16 MiB of
+# float32. Fewer, larger calls pay Keras' per-call cost once (at T=100 on the
+# default head, 163 images per call).
+SUFFIX_VALUES = 2**22
+
 
 def _split_index(layers: Sequence[keras.layers.Layer]) -> int:
     """Index of the first Dropout layer, or len(layers) when there is none."""
@@ -171,6 +176,7 @@ class MCDropoutPredictor:
         self._extractor = _extractor(base, layers[:split])
         self._prefix = layers[:split]  # head layers before the first Dropout
         self._suffix = layers[split:]
+        self._sampler, self._dropouts = _sampler(self._suffix, self._extractor.outputs[1].shape)
 
     @property
     def num_classes(self) -> int:
@@ -200,13 +206,14 @@ class MCDropoutPredictor:
         return np.concatenate(embeddings, axis=0), np.concatenate(hidden, axis=0)
 
     def warm_up(self, input_shape: tuple[int, ...]) -> None:
-        """Trace the compiled prefix for any batch size, so no request pays for it.
+        """Trace the compiled prefix and suffix for any batch size, so no request pays for it.
 
         Two calls of different sizes: TensorFlow then retraces once with the
         batch dimension left open (`reduce_retracing`), and never again.
         """
         for batch in (1, 2):
-            self.forward(np.zeros((batch, *input_shape), dtype="float32"))
+            hidden = self.forward(np.zeros((batch, *input_shape), dtype="float32"))[1]
+            self.sample_from_hidden(hidden, 2, np.random.default_rng(0).spawn(batch))
 
     def hidden(self, images: np.ndarray) -> np.ndarray:
         """The input of the first Dropout (B, ...): base + head layers before it."""
@@ -283,7 +290,8 @@ class MCDropoutPredictor:
     ) -> np.ndarray:
         """Run the stochastic suffix on T copies of each image's `hidden` rows -> (B, T, C)."""
         batch = hidden.shape[0]
-        chunk = max(1, self.batch_size * 8 // samples)
+        width = int(np.prod(hidden.shape[1:]))
+        chunk = max(1, SUFFIX_VALUES // (samples * width))  # images per suffix call
         out = []
         for start in range(0, batch, chunk):
             part = hidden[start : start + chunk]  # (b, ...)
@@ -306,17 +314,41 @@ class MCDropoutPredictor:
     def _run_suffix(
         self, x: np.ndarray, samples: int, rngs: Sequence[np.random.Generator] | None
     ) -> np.ndarray:
-        """Suffix layers in inference mode; each Dropout becomes a per-image mask (none
-        when `rngs` is None: the deterministic answer)."""
-        tensor = ops.convert_to_tensor(x)
-        for layer in self._suffix:
-            if isinstance(layer, keras.layers.Dropout):
-                if rngs is None:
-                    continue
-                tensor = tensor * _dropout_masks(rngs, samples, tuple(tensor.shape[1:]), layer.rate)
-            else:
-                tensor = layer(tensor, training=False)
-        return ops.convert_to_numpy(tensor)
+        """The compiled suffix on rows (b*T, ...), image-major; each Dropout multiplies by
+        per-image masks (masks of ones when `rngs` is None: the deterministic answer)."""
+        masks = [
+            np.ones((len(x), *shape), "float32")
+            if rngs is None
+            else _dropout_masks(rngs, samples, shape, rate)
+            for shape, rate in self._dropouts
+        ]
+        return np.asarray(self._sampler.predict_on_batch([x, *masks]))
+
+
+def _sampler(
+    suffix: Sequence[keras.layers.Layer], hidden_shape: tuple[int | None, ...]
+) -> tuple[keras.Model, list[tuple[tuple[int, ...], float]]]:
+    """One compiled model: (hidden rows, one mask per Dropout) -> probabilities (rows, C).
+
+    The suffix's own layers in inference mode, each Dropout replaced by a
+    product with a mask input, so the masks come from the per-image streams
+    drawn here and not from Keras' generator. Returns the model and each
+    Dropout's (mask shape, rate). Compiled, it costs a third of layer-by-layer
+    eager calls (800 rows of the default head on the CPU: 1.1 vs 3.2 ms).
+    """
+    inputs = x = keras.Input(shape=tuple(hidden_shape[1:]))
+    masks, dropouts = [], []
+    for layer in suffix:
+        if isinstance(layer, keras.layers.Dropout):
+            shape = tuple(int(d) for d in x.shape[1:])
+            masks.append(keras.Input(shape=shape))
+            dropouts.append((shape, float(layer.rate)))
+            x = ops.multiply(x, masks[-1])
+        else:
+            x = layer(x, training=False)
+    sampler = keras.Model([inputs, *masks], x)
+    sampler.jit_compile = False  # XLA would compile once per row count
+    return sampler, dropouts
 
 
 def _extractor(base: keras.Model, prefix: Sequence[keras.layers.Layer]) -> keras.Model:
@@ -364,11 +396,18 @@ def _in_precision(base: keras.Model, dtype: str) -> keras.Model:
 def _dropout_masks(
     rngs: Sequence[np.random.Generator], samples: int, shape: tuple[int, ...], rate: float
 ) -> np.ndarray:
-    """Inverted-dropout masks (b*T, *shape): 0 with probability `rate`, else 1/(1-rate)."""
+    """Inverted-dropout masks (b*T, *shape): 0 with probability `rate`, else 1/(1-rate).
+
+    Image i's T masks are the next T*prod(shape) uniforms of its own stream,
+    written in place (one buffer, no per-image arrays to join).
+    """
+    masks = np.empty((len(rngs) * samples, *shape), dtype=np.float32)
     if rate == 0.0:
-        return np.ones((len(rngs) * samples, *shape), dtype="float32")
-    masks = [rng.random((samples, *shape), dtype=np.float32) >= rate for rng in rngs]
-    return np.concatenate(masks, axis=0).astype("float32") / np.float32(1.0 - rate)
+        masks.fill(1.0)
+        return masks
+    for i, rng in enumerate(rngs):
+        rng.random(dtype=np.float32, out=masks[i * samples : (i + 1) * samples])
+    return np.divide(masks >= rate, np.float32(1.0 - rate), out=masks, dtype=np.float32)
 
 
 def naive_mc_samples(model: keras.Model, images: np.ndarray, samples: int) -> np.ndarray:

@@ -1,0 +1,173 @@
+"""`make bench` (peer part): uqserve at T=100 against the plain service a user would write.
+
+Serves uqserve (`service.service:ApiService`, or a built bento) and the peer
+(`load_tests/peer_service.py`, the same `.keras` file, deterministic), both
+from the start, then loads one at a time with the same Locust load (one PNG
+digit per request, `--users` clients, no think time): a warm-up run each,
+then `--rounds` rounds of uqserve, peer. Reports images/s, Locust's latency
+percentiles and the CPU each role used, per run, and uqserve/peer
+throughput. Writes `summary.json` and each run's Locust CSV under `--output`;
+exits non-zero if any request failed or uqserve's weights changed.
+
+    python -m load_tests.peer_bench --model uqserve_vgg16:latest --users 8 --duration 20s
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy import processes
+from load_tests.peer_users import PEER_SAMPLES
+from load_tests.run_loadtest import (
+    ROOT,
+    children_cpu,
+    cpu_cores,
+    run_locust,
+    seconds_of,
+    serve_env,
+    weights_digest,
+)
+from models.config import BASE_DTYPES
+
+UQSERVE, PEER = "uqserve", "peer"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A served service and the Locust user class that loads it."""
+
+    name: str
+    url: str
+    pid: int
+    user_class: str
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; `--output` is resolved once, so no child's cwd can move it."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=os.environ.get("UQSERVE_MODEL", "uqserve_vgg16:latest"))
+    parser.add_argument("--bento", help="serve this built bento as uqserve (default: the source)")
+    parser.add_argument("--users", type=int, default=8)
+    parser.add_argument("--duration", default="20s", help="each measured run, e.g. 20s, 1m")
+    parser.add_argument("--warmup", default="5s", help="an unmeasured run of each first")
+    parser.add_argument("--rounds", type=int, default=2)
+    dtype = os.environ.get("UQSERVE_BASE_DTYPE", "float32")
+    parser.add_argument("--base-dtype", default=dtype, choices=BASE_DTYPES, help="uqserve's")
+    parser.add_argument("--output", type=Path, default=Path("reports") / "bench" / "peer")
+    args = parser.parse_args(argv)
+    args.output = args.output.resolve()
+    args.output.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+def locust_row(output: Path) -> dict[str, float]:
+    """Requests, failures and latency percentiles (ms) of a run, from Locust's stats CSV."""
+    with open(output / "locust_stats.csv") as handle:
+        row = next(r for r in csv.DictReader(handle) if r["Name"] == "Aggregated")
+    return {"requests": int(row["Request Count"]), "failures": int(row["Failure Count"]),
+            "p50_ms": float(row["50%"]), "p95_ms": float(row["95%"]),
+            "p99_ms": float(row["99%"])}  # fmt: skip
+
+
+def measure(target: Target, args: argparse.Namespace, duration: str, name: str) -> dict:
+    """One Locust run against `target` -> images/s, latency, failures, cores per role."""
+    output = args.output / name
+    output.mkdir(parents=True, exist_ok=True)
+    before, locust = processes.cpu_seconds(target.pid), children_cpu()
+    start = time.monotonic()
+    code = run_locust(target.url, args.users, args.users, duration, output, "peer_users.py",
+                      target.user_class)  # fmt: skip
+    wall = time.monotonic() - start
+    cores = cpu_cores(before, processes.cpu_seconds(target.pid), children_cpu() - locust, wall)
+    row = locust_row(output)
+    seconds = seconds_of(duration)
+    return {"target": target.name, "run": name, "exit_code": code, **row,
+            "images_per_s": row["requests"] / seconds, "cpu_cores": cores}  # fmt: skip
+
+
+def start(target: str, name: str, args: argparse.Namespace) -> tuple[Target, object]:
+    """Serve `target` from the project root on a free port -> (Target, its process)."""
+    port = processes.free_port()
+    log = args.output / f"{name}.log"
+    process = processes.serve(target, port, log, serve_env(args.model, args.base_dtype), ROOT)
+    user = "UqserveUser" if name == UQSERVE else "PeerUser"
+    return Target(name, f"http://127.0.0.1:{port}", process.pid, user), (process, log)
+
+
+def compare(runs: list[dict]) -> dict:
+    """Mean images/s of each target over the measured rounds, and uqserve/peer."""
+    mean = {
+        name: statistics.fmean(r["images_per_s"] for r in runs if r["target"] == name)
+        for name in (UQSERVE, PEER)
+    }
+    return {"uqserve_images_per_s": mean[UQSERVE], "peer_images_per_s": mean[PEER],
+            "uqserve_over_peer": mean[UQSERVE] / mean[PEER]}  # fmt: skip
+
+
+def format_runs(runs: list[dict]) -> str:
+    """A Markdown table, one row per measured run."""
+    lines = [
+        "| run | images/s | failed | p50 / p95 / p99 ms | CPU model / api / locust |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in runs:
+        c = r["cpu_cores"]
+        lines.append(
+            f"| {r['run']} | {r['images_per_s']:.1f} | {r['failures']} | "
+            f"{r['p50_ms']:.0f} / {r['p95_ms']:.0f} / {r['p99_ms']:.0f} | "
+            f"{c.get('model', 0.0):.2f} / {c.get('api', 0.0):.2f} / {c['locust']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def bench(targets: list[Target], args: argparse.Namespace) -> tuple[list[dict], dict]:
+    """Warm each target up, then the rounds -> (measured runs, weights digests)."""
+    uqserve = targets[0]
+    digest_before = weights_digest(uqserve.url)
+    for target in targets:
+        measure(target, args, args.warmup, f"warmup-{target.name}")
+    runs = [
+        measure(target, args, args.duration, f"{round_}-{target.name}")
+        for round_ in range(1, args.rounds + 1)
+        for target in targets
+    ]
+    digest_after = weights_digest(uqserve.url)
+    unchanged = digest_before["sha256"] == digest_after["sha256"] == digest_after["loaded_sha256"]
+    return runs, {"sha256_before": digest_before["sha256"], "unchanged": unchanged}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    started = [
+        start(args.bento or "service.service:ApiService", UQSERVE, args),
+        start("load_tests.peer_service:PeerService", PEER, args),
+    ]
+    try:
+        for target, (process, log) in started:
+            processes.wait_served(target.url, process, log)
+        runs, weights = bench([target for target, _ in started], args)
+    finally:
+        for _, (process, _log) in started:
+            processes.stop_service(process)
+    summary = {"model": args.model, "users": args.users, "duration": args.duration,
+               "samples": PEER_SAMPLES, "base_dtype": args.base_dtype, "runs": runs,
+               **compare(runs), "weights": weights}  # fmt: skip
+    (args.output / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"\n{format_runs(runs)}\n\nuqserve (T={PEER_SAMPLES}) / peer (deterministic): "
+          f"{summary['uqserve_over_peer']:.2f}")  # fmt: skip
+    failed = any(r["failures"] or r["exit_code"] for r in runs)
+    if not weights["unchanged"]:
+        print("peer bench: uqserve's weights changed under load", file=sys.stderr)
+    return 1 if failed or not weights["unchanged"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
