@@ -2,10 +2,10 @@
 
 Used by the tests, the load tests, the soak and the container test alike.
 
-`bentoml serve` starts an arbiter, one worker per service (the HTTP-facing
-`uqserve` API service, the `uqserve_model` model service) and a Prometheus
-helper. The load test reports the CPU each role used; the soak test tracks the
-resident memory of every one of them.
+`bentoml serve` starts an arbiter, the service's worker processes (HTTP and
+the model, `UQSERVE_WORKERS` of them) and a Prometheus helper. The load test
+reports the CPU each role used; the soak test tracks the resident memory of
+every one of them.
 """
 
 from __future__ import annotations
@@ -112,14 +112,12 @@ def tree(pid: int) -> list[psutil.Process]:
 
 
 def role(process: psutil.Process) -> str:
-    """'model', 'api' or 'server' (the arbiter and any helper), from the command line."""
+    """'service' (a worker) or 'server' (the arbiter and any helper), from the command line."""
     try:
         command = " ".join(process.cmdline())
     except psutil.Error:
         return "gone"
-    if "_bentoml_impl.worker.service" not in command:
-        return "server"
-    return "model" if "--service-name uqserve_model" in command else "api"
+    return "service" if "_bentoml_impl.worker.service" in command else "server"
 
 
 def cpu_seconds(pid: int) -> dict[str, float]:

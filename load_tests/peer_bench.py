@@ -115,7 +115,7 @@ def compare(runs: list[dict]) -> dict:
 def format_runs(runs: list[dict]) -> str:
     """A Markdown table, one row per measured run."""
     lines = [
-        "| run | images/s | failed | p50 / p95 / p99 ms | CPU model / api / locust |",
+        "| run | images/s | failed | p50 / p95 / p99 ms | CPU service / locust |",
         "| --- | --- | --- | --- | --- |",
     ]
     for r in runs:
@@ -123,7 +123,7 @@ def format_runs(runs: list[dict]) -> str:
         lines.append(
             f"| {r['run']} | {r['images_per_s']:.1f} | {r['failures']} | "
             f"{r['p50_ms']:.0f} / {r['p95_ms']:.0f} / {r['p99_ms']:.0f} | "
-            f"{c.get('model', 0.0):.2f} / {c.get('api', 0.0):.2f} / {c['locust']:.2f} |"
+            f"{c.get('service', 0.0):.2f} / {c['locust']:.2f} |"
         )
     return "\n".join(lines)
 

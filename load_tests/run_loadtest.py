@@ -77,11 +77,8 @@ def batch_histogram(url: str) -> dict[str, float]:
     def total(name: str) -> float:
         return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
-    images, batches = (
-        total("uqserve_model_batch_images_sum"),
-        total("uqserve_model_batch_images_count"),
-    )
-    requests = total("bentoml_service_adaptive_batch_size_sum")
+    images, batches = total("uqserve_batch_images_sum"), total("uqserve_batch_images_count")
+    requests = total("uqserve_batch_requests_sum")
     return {
         "batches": batches,
         "images": images,
@@ -225,9 +222,9 @@ def add_inprocess(summary: dict, args: argparse.Namespace) -> None:
     summary["inprocess_images_per_s"] = inprocess
     summary["inprocess_cpu_cores"] = inprocess_cores
     summary["served_over_inprocess"] = served / inprocess
-    # The same ratio per core of the model service vs per core in-process:
-    # what serving costs when Locust and the API service are not counted.
-    summary["served_over_inprocess_per_core"] = (served / cores_of(summary, "model")) / (
+    # The same ratio per core of the service vs per core in-process:
+    # what serving costs when Locust is not counted.
+    summary["served_over_inprocess_per_core"] = (served / cores_of(summary, "service")) / (
         inprocess / inprocess_cores
     )
 

@@ -44,7 +44,7 @@ from load_tests.run_loadtest import run_locust, seconds_of, serve_env, served_th
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
-WORKER_ROLES = ("model", "api")
+WORKER_ROLES = ("service",)
 SHUTDOWN_GRACE_S = 60.0
 Sample = tuple[float, dict[str, int]]  # (seconds since Locust started, RSS bytes by process key)
 

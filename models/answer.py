@@ -25,7 +25,7 @@ from models.conformal import AlphaError, ranked_members
 from models.density import OODScore
 from models.mc_dropout import ImageSeed, MCDropoutPredictor
 
-MAX_SEED = 2**53 - 1  # largest request seed: the service's job rows carry seeds in float64
+MAX_SEED = 2**53 - 1  # largest request seed: what JSON clients (JavaScript numbers) hold exactly
 Samples = Annotated[StrictInt, Field(ge=1, description="Monte Carlo dropout samples.")]
 Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED, description="Makes sampling reproducible.")]
 Alpha = Annotated[  # checked by `resolve_alpha`, whose error names the model's range
@@ -104,12 +104,27 @@ def sample_and_score(
     """Preprocessed images (B, H, W, 3) -> per-image samples [(T_i, C)] and OOD scores (B,).
 
     The deterministic part runs once; the OOD score (NaN without a density)
-    comes from the same pass's embeddings, at no extra cost. Scores are
-    float32, as the service's job rows carry them, so every caller rounds alike.
+    comes from the same pass's embeddings, at no extra cost.
     """
-    draws, embeddings, hidden = predictor.sample_each(images, samples, streams)  # [(T_i, C)], ...
+    embeddings, hidden = predictor.forward(images)  # (B, D), (B, ...)
+    return sample_and_score_from(predictor, density, embeddings, hidden, samples, streams)
+
+
+def sample_and_score_from(
+    predictor: MCDropoutPredictor,
+    density: OODScore | None,
+    embeddings: np.ndarray,
+    hidden: np.ndarray,
+    samples: Sequence[int],
+    streams: Sequence[ImageSeed],
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """`sample_and_score` after `predictor.forward`: the sampled suffix and the OOD score.
+
+    Scores are float32, as the service serves them, so every caller rounds alike.
+    """
+    draws = predictor.sample_each_from_hidden(hidden, samples, streams)  # [(T_i, C)]
     if density is None:
-        return draws, np.full(len(images), np.nan, dtype=np.float32)
+        return draws, np.full(len(hidden), np.nan, dtype=np.float32)
     features = {"base": embeddings, "hidden": hidden}
     return draws, density.score(features).astype(np.float32)
 

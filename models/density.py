@@ -19,7 +19,6 @@ from __future__ import annotations
 import numbers
 import warnings
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 from scipy.special import logsumexp
@@ -27,7 +26,6 @@ from sklearn.covariance import LedoitWolf
 from threadpoolctl import OpenBLASController, threadpool_limits
 
 MIN_CLASS_IMAGES = 5
-CHUNK_ROWS = 1024  # rows whitened per call: bounds the (C, rows, D) product's memory
 
 
 def limit_blas_threads(threads: int = 1) -> None:
@@ -107,34 +105,22 @@ class FeatureDensity:
     def log_density(self, embeddings: np.ndarray) -> np.ndarray:
         """log sum_c pi_c N(z; mu_c, Sigma_c) for each row of (N, D) embeddings -> (N,).
 
-        The whitening products run in float32 (3.5x faster than float64 at 8
-        rows of 512, relative error ~1e-7), the sums and the mixture in float64.
         It leaves BLAS threads alone: a server sets them once with
         `limit_blas_threads` (see there why one thread).
         """
-        z = np.asarray(embeddings, np.float32)
-        chunks = [self._log_density(z[s : s + CHUNK_ROWS]) for s in range(0, len(z), CHUNK_ROWS)]
-        return np.concatenate(chunks) if chunks else np.zeros(0)
+        return self._log_density(np.asarray(embeddings, np.float64))
 
     def _log_density(self, z: np.ndarray) -> np.ndarray:
-        centred = z[None] - self._means32[:, None]  # (C, N, D)
-        whitened = np.matmul(centred, self._whitening)  # (C, N, D)
-        squared = np.square(whitened).sum(axis=2, dtype=np.float64)  # (C, N)
-        log_normal = -0.5 * (squared + self._log_dets[:, None] + z.shape[1] * np.log(2 * np.pi))
-        return logsumexp(log_normal.T + self.log_priors, axis=1)  # (N,)
-
-    @cached_property
-    def _means32(self) -> np.ndarray:
-        return self.means.astype(np.float32)  # (C, D)
-
-    @cached_property
-    def _whitening(self) -> np.ndarray:
-        """Per class, rotation / sqrt(scaling): (z - mu) @ it is whitened. (C, D, D) float32."""
-        return (self.rotations / np.sqrt(self.scalings)[:, None, :]).astype(np.float32)
-
-    @cached_property
-    def _log_dets(self) -> np.ndarray:
-        return np.log(self.scalings).sum(axis=1)  # (C,) log det Sigma_c
+        dim = z.shape[1]
+        per_class = []
+        for mean, rotation, scaling, log_prior in zip(
+            self.means, self.rotations, self.scalings, self.log_priors, strict=True
+        ):
+            projected = (z - mean) @ rotation / np.sqrt(scaling)  # whitened (N, D)
+            log_det = np.log(scaling).sum()
+            log_normal = -0.5 * ((projected**2).sum(axis=1) + log_det + dim * np.log(2 * np.pi))
+            per_class.append(log_normal + log_prior)
+        return logsumexp(np.stack(per_class, axis=1), axis=1)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The parameters as named arrays, for saving next to the model."""

@@ -270,20 +270,38 @@ class MCDropoutPredictor:
         The deterministic part still runs once for the whole batch; the
         stochastic part runs once per distinct T.
         """
-        if len(samples) != len(images) or min(samples, default=1) < 1:
-            raise ValueError(
-                f"Invalid value for `samples`: expected {len(images)} counts >= 1, "
-                f"received {list(samples)}"
-            )
+        self._check_counts(samples, len(images))
         rngs = _image_rngs(len(images), None, image_seeds)  # checks the seeds before computing
         embeddings, hidden = self.forward(images)  # (B, D), (B, ...)
-        out: list[np.ndarray] = [np.empty(0)] * len(images)
+        return self._sample_counts(hidden, samples, rngs), embeddings, hidden
+
+    def sample_each_from_hidden(
+        self, hidden: np.ndarray, samples: Sequence[int], image_seeds: Sequence[ImageSeed]
+    ) -> list[np.ndarray]:
+        """`sample_each`'s draws from `forward`'s hidden rows: the same numbers, for a
+        caller that runs the deterministic part apart (the service's pipeline)."""
+        self._check_counts(samples, len(hidden))
+        return self._sample_counts(hidden, samples, _image_rngs(len(hidden), None, image_seeds))
+
+    @staticmethod
+    def _check_counts(samples: Sequence[int], images: int) -> None:
+        if len(samples) != images or min(samples, default=1) < 1:
+            raise ValueError(
+                f"Invalid value for `samples`: expected {images} counts >= 1, "
+                f"received {list(samples)}"
+            )
+
+    def _sample_counts(
+        self, hidden: np.ndarray, samples: Sequence[int], rngs: Sequence[np.random.Generator]
+    ) -> list[np.ndarray]:
+        """Image i's `samples[i]` draws (T_i, C), the suffix run once per distinct T."""
+        out: list[np.ndarray] = [np.empty(0)] * len(hidden)
         for count in sorted(set(samples)):
             members = [i for i, s in enumerate(samples) if s == count]
             draws = self.sample_from_hidden(hidden[members], count, [rngs[i] for i in members])
             for position, i in enumerate(members):
                 out[i] = draws[position]  # (T_i, C)
-        return out, embeddings, hidden
+        return out
 
     def sample_from_hidden(
         self, hidden: np.ndarray, samples: int, rngs: Sequence[np.random.Generator]

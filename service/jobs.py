@@ -1,66 +1,90 @@
-"""What the API service sends the model service: one row per image.
+"""What a request hands the adaptive batch, and how one batch is answered.
 
-BentoML's adaptive batching concatenates a batchable API's single argument
-along axis 0, so everything an image needs travels in its row:
+A request becomes one `ImageJob` per image: its decoded pixels (in [0, 255],
+any size), the request's seed and T, and its place in the request. The
+dispatcher (`service.batching`) merges the jobs of concurrent requests (and
+may split a request across two batches), and a batch is answered in two steps:
 
-    jobs (N, 3 + H*W*3) float64: [seed, index, samples, preprocessed pixels...]
+    forward_jobs   every image preprocessed (one compiled call per image size),
+                   then the deterministic part once for the whole batch
+    answer_jobs    the sampled suffix once per distinct T, the OOD score
 
-Image `index` of a request with `seed` draws its dropout masks from the stream
-(seed, index), exactly as `MCDropoutPredictor.sample(images, T, seed=seed)`
-does, so a batched answer equals the answer the request gets alone. float64
-holds every seed up to `models.answer.MAX_SEED` (2**53 - 1) and float32 pixels exactly.
+The service runs `answer_jobs` of one batch while `forward_jobs` of the next
+runs (`service.batching`). Together they compute exactly what
+`models.answer.sample_and_score` computes for `uqserve predict`.
 
-The answer is (N, 1 + T_max * C) float32: column 0 is the image's OOD score
-(NaN when the model has no feature density), then its (T_max, C) samples,
-flattened; images that asked for fewer samples than the largest in the batch
-are padded with NaN after their T.
+Image `index` of a request with `seed` draws its dropout masks from the
+stream (seed, index), exactly as `MCDropoutPredictor.sample(images, T,
+seed=seed)` does, so a batched answer equals the answer the request gets alone.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 
-HEADER = 3
+from models.answer import sample_and_score_from
+from models.density import OODScore
+from models.mc_dropout import MCDropoutPredictor
+from models.preprocessing import Preprocessor
 
 
-def pack(images: np.ndarray, seed: int, samples: int) -> np.ndarray:
-    """Preprocessed images (N, H, W, 3) of one request -> job rows (N, 3 + H*W*3)."""
-    count = len(images)
-    header = np.column_stack(
-        [np.full(count, seed), np.arange(count), np.full(count, samples)]
-    ).astype(np.float64)
-    return np.concatenate([header, images.reshape(count, -1).astype(np.float64)], axis=1)
+@dataclass(frozen=True)
+class ImageJob:
+    """One image of a request, with what its answer needs."""
+
+    pixels: np.ndarray  # (H, W) or (H, W, C), in [0, 255]
+    seed: int
+    index: int  # its place in the request: its dropout stream is (seed, index)
+    samples: int
 
 
-def unpack(
-    jobs: np.ndarray, input_shape: tuple[int, int, int]
-) -> tuple[np.ndarray, list[tuple[int, int]], np.ndarray]:
-    """Job rows -> images (N, H, W, 3) float32, per-image (seed, index), samples (N,)."""
-    jobs = np.asarray(jobs, dtype=np.float64)
-    expected = HEADER + int(np.prod(input_shape))
-    if jobs.ndim != 2 or jobs.shape[1] != expected:
-        raise ValueError(
-            f"Invalid value for `jobs`: expected shape (N, {expected}), received {jobs.shape}"
-        )
-    streams = [(int(seed), int(index)) for seed, index in jobs[:, :2]]
-    samples = jobs[:, 2].astype(np.int64)
-    images = jobs[:, HEADER:].astype(np.float32).reshape((len(jobs), *input_shape))
-    return images, streams, samples
+@dataclass(frozen=True)
+class ImageAnswer:
+    """One image's samples and OOD score."""
+
+    draws: np.ndarray  # (T, C) sampled probabilities
+    score: np.float32  # NaN without a density
 
 
-def split_answer(answer: np.ndarray, samples: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """A request's rows of the batch answer -> OOD scores (n,), samples (n, T, C)."""
-    answer = np.asarray(answer, dtype=np.float32)
-    draws = answer[:, 1:].reshape(len(answer), -1, classes)  # (n, T_max, C)
-    return answer[:, 0], draws[:, :samples]
+def request_jobs(images: Sequence[np.ndarray], seed: int, samples: int) -> list[ImageJob]:
+    """A request's images -> its jobs, in request order."""
+    return [ImageJob(pixels, seed, index, samples) for index, pixels in enumerate(images)]
 
 
-def join_answer(draws: list[np.ndarray], ood_scores: np.ndarray) -> np.ndarray:
-    """Per-image (T_i, C) samples and OOD scores (N,) -> (N, 1 + T_max * C), NaN-padded."""
-    longest = max(len(d) for d in draws)
-    classes = draws[0].shape[1]
-    padded = np.full((len(draws), longest, classes), np.nan, dtype=np.float32)
-    for i, d in enumerate(draws):
-        padded[i, : len(d)] = d
-    flat = padded.reshape(len(draws), -1)
-    return np.concatenate([np.asarray(ood_scores, np.float32)[:, None], flat], axis=1)
+@dataclass(frozen=True)
+class Features:
+    """A batch's deterministic part: what `forward_jobs` hands `answer_jobs`."""
+
+    embeddings: np.ndarray  # (N, D) pooled base features
+    hidden: np.ndarray  # (N, ...) input of the first Dropout
+
+
+def forward_jobs(
+    preprocess: Preprocessor, predictor: MCDropoutPredictor, jobs: Sequence[ImageJob]
+) -> Features:
+    """Preprocess every image of the batch and run the deterministic part once."""
+    images = preprocess([job.pixels for job in jobs])  # (N, H, W, 3)
+    return Features(*predictor.forward(images))
+
+
+def answer_jobs(
+    predictor: MCDropoutPredictor,
+    density: OODScore | None,
+    jobs: Sequence[ImageJob],
+    features: Features,
+) -> list[ImageAnswer]:
+    """The sampled suffix and the OOD score -> one `ImageAnswer` per job, in order."""
+    streams = [(job.seed, job.index) for job in jobs]
+    draws, scores = sample_and_score_from(
+        predictor, density, features.embeddings, features.hidden,
+        [job.samples for job in jobs], streams,
+    )  # [(T_i, C)], (N,)  # fmt: skip
+    return [ImageAnswer(d, s) for d, s in zip(draws, scores, strict=True)]
+
+
+def stack_answers(answers: Sequence[ImageAnswer]) -> tuple[np.ndarray, np.ndarray]:
+    """A request's answers (same T) -> samples (n, T, C), OOD scores (n,) float32."""
+    return np.stack([a.draws for a in answers]), np.array([a.score for a in answers], np.float32)

@@ -27,9 +27,14 @@ class Observe:
             buckets=(1, 5, 10, 30, 100, 200, 500),
         )
         self.batch_images = Histogram(
-            "uqserve_model_batch_images",
-            "Images per adaptive batch in the model service",
+            "uqserve_batch_images",
+            "Images per adaptive batch",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        )
+        self.batch_requests = Histogram(
+            "uqserve_batch_requests",
+            "Requests with images in one adaptive batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
         )
 
     def predictions(self, predictions: Sequence[ImagePrediction], samples: int) -> None:
@@ -39,8 +44,9 @@ class Observe:
             self.entropy.observe(prediction.predictive_entropy)
             self.mutual_information.observe(prediction.epistemic)
 
-    def batch(self, images: int) -> None:
-        """Record the size of one batch the model service ran."""
+    def batch(self, requests: int, images: int) -> None:
+        """Record the size of one adaptive batch."""
+        self.batch_requests.observe(requests)
         self.batch_images.observe(images)
 
 

@@ -1,14 +1,14 @@
-"""The uqserve BentoML services.
+"""The uqserve BentoML service.
 
-`ApiService` (HTTP-facing): validation, decoding, preprocessing, the answer
-(`models.answer`). `ModelService`: holds the Keras model and samples MC
-dropout with adaptive batching (a sync API: Keras blocks). Both are thin
-shells over `models/` and `adapters/`.
+One service, one process per worker: HTTP, validation, decoding, and the
+Keras model behind an adaptive batch (`service.batching`, BentoML's own
+dispatcher). A thin shell over `models/` and `adapters/`: the answers are
+built by `models.answer`, exactly as `uqserve predict` builds them.
 
-The API service's endpoints are async: decoding and preprocessing (blocking,
-Keras) run in worker threads via `anyio.to_thread`, and the model service is
-awaited with `to_async`, its idempotent call retried on a dropped connection
-(BentoML 1.4.40's client; see `ApiService._sample`).
+The endpoints are async and the event loop never blocks: reading and
+decoding run in a worker thread (`anyio.to_thread`), and each batch runs in
+one (`service.jobs.answer_jobs`: preprocessing, the deterministic part once,
+the sampled suffix, the OOD score).
 
     bentoml serve service.service:ApiService      # from source
     bentoml serve uqserve:latest                  # from a built bento
@@ -20,29 +20,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import anyio
 import bentoml
 import numpy as np
-from bentoml.exceptions import ServiceUnavailable
 from starlette.responses import JSONResponse
 
 from adapters.images import ImageError, decode_image
 from adapters.model_store import StoredModel, require_model
-from models.answer import (
-    Alpha,
-    Options,
-    Resolved,
-    build_answers,
-    resolve_options,
-    sample_and_score,
-)
-from models.card import ModelCard
+from models.answer import Alpha, Options, Resolved, build_answers, resolve_options
 from models.conformal import AlphaError
 from models.density import limit_blas_threads
 from models.fingerprint import weights_digest
 from models.preprocessing import Preprocessor
 from service import jobs
+from service.batching import Batcher, Overloaded
 from service.decoding import BadInput, check_array
 from service.errors import ValidationErrors
 from service.limits import RequestLimits
@@ -59,61 +50,7 @@ from service.schemas import (
 from service.settings import ServiceSettings
 
 SETTINGS = ServiceSettings.from_env()
-MODEL_CALL_ATTEMPTS = 3
 require_model(SETTINGS.model)  # fail start-up (and `bentoml build`) with a clear message
-
-
-@bentoml.service(
-    name="uqserve_model",
-    workers=SETTINGS.workers,
-    resources={"gpu": SETTINGS.gpu} if SETTINGS.gpu else {"cpu": "1"},
-    traffic={"timeout": SETTINGS.request_timeout_s},
-    # The API service's client to this service would recycle its HTTP session
-    # every 100 requests or 300 s, closing it under calls in flight
-    # (bentoml/BentoML#5540). A retry mends that while serving, but not during
-    # shutdown, when this service takes no new connection. One session, kept.
-    runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9},
-)
-class ModelService:
-    """The Keras model behind an adaptive batch: job rows in, OOD scores and samples out."""
-
-    bento_model = bentoml.models.BentoModel(SETTINGS.model)
-
-    def __init__(self) -> None:
-        limit_blas_threads()  # once, for the process: OpenBLAS's spinning threads cost TF cores
-        stored = StoredModel.of(self.bento_model)
-        self.card: ModelCard = stored.card
-        self.predictor = stored.predictor(SETTINGS.base_dtype)
-        self.density = stored.density()
-        self.loaded_digest = weights_digest(*self.predictor.served_models)
-
-    @bentoml.on_startup
-    def warm_up(self) -> None:
-        """Trace the model for any batch size and predict once, before the service is ready."""
-        self.predictor.warm_up(self.card.input_shape)
-        image = np.zeros((1, *self.card.input_shape), dtype=np.float32)
-        self.sample(jobs.pack(image, seed=0, samples=2))
-
-    @bentoml.api(
-        batchable=True,
-        max_batch_size=SETTINGS.max_batch_size,
-        max_latency_ms=SETTINGS.max_latency_ms,
-    )
-    def sample(self, rows: np.ndarray) -> np.ndarray:
-        """Sample every image of the (possibly merged) batch; see `service.jobs`."""
-        images, streams, samples = jobs.unpack(rows, self.card.input_shape)
-        observe.batch(len(images))
-        draws, scores = sample_and_score(
-            self.predictor, self.density, images, samples.tolist(), streams
-        )
-        return jobs.join_answer(draws, scores)
-
-    @bentoml.api
-    def weights_digest(self) -> WeightsDigest:
-        """Digest of the weights in memory, to compare with the one taken at load."""
-        now = weights_digest(*self.predictor.served_models)
-        return WeightsDigest(sha256=now, loaded_sha256=self.loaded_digest,
-                             unchanged=now == self.loaded_digest)  # fmt: skip
 
 
 def _bad(error: BadInput | ImageError) -> JSONResponse:
@@ -123,35 +60,64 @@ def _bad(error: BadInput | ImageError) -> JSONResponse:
 def _overloaded() -> JSONResponse:
     """503 with a reason and a hint, when adaptive batching cannot meet the latency budget."""
     error = (
-        "overloaded: the model service cannot answer within the latency budget of "
+        "overloaded: the service cannot answer within the latency budget of "
         f"{SETTINGS.max_latency_ms} ms (UQSERVE_MAX_LATENCY_MS); retry later"
     )
     return JSONResponse({"error": error}, status_code=503, headers={"Retry-After": "1"})
 
 
 @bentoml.asgi_app(metadata_app, path="/")
-@bentoml.service(name="uqserve", traffic={"timeout": SETTINGS.request_timeout_s})
+@bentoml.service(
+    name="uqserve",
+    workers=SETTINGS.workers,
+    **({"resources": {"gpu": SETTINGS.gpu}} if SETTINGS.gpu else {}),
+    traffic={"timeout": SETTINGS.request_timeout_s},
+)
 class ApiService:
-    """HTTP front door: `/predict` (image files), `/predict_array` (JSON), `GET /metadata`."""
+    """`/predict` (image files), `/predict_array` (JSON), `GET /metadata`, `/weights_digest`."""
 
-    model_service = bentoml.depends(ModelService)
     bento_model = bentoml.models.BentoModel(SETTINGS.model)
 
     def __init__(self) -> None:
+        limit_blas_threads()  # once, for the process: OpenBLAS's spinning threads cost TF cores
         stored = StoredModel.of(self.bento_model)
         self.tag, self.card = stored.tag, stored.card
         self.settings = SETTINGS
+        self.predictor = stored.predictor(SETTINGS.base_dtype)
+        self.density = stored.density()
         self.preprocess = Preprocessor(self.card.model.preprocessing)  # compiled
+        self.loaded_digest = weights_digest(*self.predictor.served_models)
+        self.batch: Batcher[jobs.ImageJob, jobs.Features, jobs.ImageAnswer] = Batcher(
+            self._forward, self._sample, SETTINGS.max_batch_size, SETTINGS.max_latency_ms,
+            observe.batch,
+        )  # fmt: skip
 
     @bentoml.on_startup
     def warm_up(self) -> None:
-        """Trace preprocessing for any image, so the first request does not pay for it."""
+        """Trace preprocessing and the model for any batch, before the service is ready."""
         self.preprocess.warm_up()
+        self.predictor.warm_up(self.card.input_shape)
+        batch = jobs.request_jobs([np.zeros((8, 8), np.uint8)], seed=0, samples=2)
+        self._sample(batch, self._forward(batch))
+
+    @bentoml.on_shutdown
+    def stop_batching(self) -> None:
+        self.batch.shutdown()
+
+    def _forward(self, batch: list[jobs.ImageJob]) -> jobs.Features:
+        """A batch's deterministic part (blocking: a worker thread, in the batch slot)."""
+        return jobs.forward_jobs(self.preprocess, self.predictor, batch)
+
+    def _sample(
+        self, batch: list[jobs.ImageJob], features: jobs.Features
+    ) -> list[jobs.ImageAnswer]:
+        """A batch's samples and scores (blocking: a worker thread, after the slot)."""
+        return jobs.answer_jobs(self.predictor, self.density, batch, features)
 
     def _prepare(
-        self, images: np.ndarray | list[np.ndarray], options: Options
-    ) -> tuple[np.ndarray, Resolved]:
-        """Limits, defaults and preprocessing -> (job rows, resolved options). Blocking."""
+        self, images: list[np.ndarray], options: Options
+    ) -> tuple[list[jobs.ImageJob], Resolved]:
+        """Limits and defaults -> (the request's jobs, resolved options). Cheap."""
         try:
             resolved = resolve_options(self.card, options)
         except AlphaError as error:
@@ -159,36 +125,17 @@ class ApiService:
         if resolved.samples > SETTINGS.max_samples:
             limit = SETTINGS.max_samples
             raise BadInput(f"samples: {resolved.samples} exceeds the limit of {limit}")
-        x = self.preprocess(images)  # (n, H, W, 3)
-        return jobs.pack(x, resolved.seed, resolved.samples), resolved
+        return jobs.request_jobs(images, resolved.seed, resolved.samples), resolved
 
-    async def _sample(self, rows: np.ndarray) -> np.ndarray:
-        """Call the model service, retrying a dropped connection (the call is idempotent).
-
-        A kept-alive connection can be closed by the model service just as a
-        call is sent on it (`ServerDisconnectedError`), and BentoML 1.4.40's
-        client, left to its defaults, closes its session under calls in flight
-        ("Session is closed", bentoml/BentoML#5540; `ModelService` turns that
-        recycling off). The same rows give the same answer, so a retry on a
-        fresh connection is safe.
-        """
-        for _ in range(MODEL_CALL_ATTEMPTS - 1):
-            try:
-                return await self.model_service.to_async.sample(rows)
-            except (aiohttp.ClientConnectionError, RuntimeError) as error:
-                if isinstance(error, RuntimeError) and "closed" not in str(error):
-                    raise
-        return await self.model_service.to_async.sample(rows)  # last try: errors propagate
-
-    async def _answer(self, prepare: Callable[[], tuple[np.ndarray, Resolved]]) -> Any:
-        """Run the blocking `prepare` in a worker thread, sample, build the response."""
-        rows, (samples, seed, alpha) = await anyio.to_thread.run_sync(prepare)
+    async def _answer(self, prepare: Callable[[], tuple[list[jobs.ImageJob], Resolved]]) -> Any:
+        """Run the blocking `prepare` in a worker thread, batch, build the response."""
+        request, (samples, seed, alpha) = await anyio.to_thread.run_sync(prepare)
         try:
-            answer = await self._sample(rows)
-        except ServiceUnavailable:  # the model service shed the request: past the budget
+            answers = await self.batch(request)
+        except Overloaded:  # shed by the dispatcher: past the latency budget
             return _overloaded()
-        scores, draws = jobs.split_answer(answer, samples, self.card.model.num_classes)
-        predictions = build_answers(draws, scores, self.card, alpha)  # draws: (n, T, C)
+        draws, scores = jobs.stack_answers(answers)  # (n, T, C), (n,)
+        predictions = build_answers(draws, scores, self.card, alpha)
         observe.predictions(predictions, samples)
         return PredictionResponse(
             model=self.tag, samples=samples, seed=seed, alpha=alpha, predictions=predictions
@@ -234,9 +181,9 @@ class ApiService:
         """Pixel arrays in [0, 255]: (H, W), (H, W, C) or (N, H, W, C)."""
         options = Options(samples=samples, seed=seed, alpha=alpha)
 
-        def prepare() -> tuple[np.ndarray, Resolved]:
+        def prepare() -> tuple[list[jobs.ImageJob], Resolved]:
             array = check_array(images, SETTINGS.max_images, SETTINGS.max_pixels)
-            return self._prepare(array, options)
+            return self._prepare(list(array), options)
 
         try:
             return await self._answer(prepare)
@@ -246,7 +193,9 @@ class ApiService:
     @bentoml.api(route="/weights_digest")
     async def weights_digest(self) -> WeightsDigest:
         """SHA-256 of the served weights now and at load: serving must never change them."""
-        return await self.model_service.to_async.weights_digest()
+        now = await anyio.to_thread.run_sync(weights_digest, *self.predictor.served_models)
+        return WeightsDigest(sha256=now, loaded_sha256=self.loaded_digest,
+                             unchanged=now == self.loaded_digest)  # fmt: skip
 
 
 ApiService.add_asgi_middleware(ValidationErrors)

@@ -44,8 +44,8 @@ class ServiceSettings(BaseModel):
         "also keeps each request's context in memory until then (its timeout timer is never "
         "cancelled), so memory levels off only after this long under steady traffic.",
     )
-    workers: int = Field(1, ge=1, description="Model service worker processes.")
-    gpu: int = Field(0, ge=0, description="GPUs for the model service (0: CPU).")
+    workers: int = Field(1, ge=1, description="Service worker processes, each with its own model.")
+    gpu: int = Field(0, ge=0, description="GPUs for the service (0: CPU).")
     base_dtype: BaseDtype = Field(
         "float32",
         description="What the frozen base computes in (Keras mixed precision). bfloat16 is "

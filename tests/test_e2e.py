@@ -56,11 +56,11 @@ def test_concurrent_requests_are_batched_and_never_mixed(server):
 
 
 def _batch_counts(base: str) -> tuple[float, float]:
-    """Images and batches the model service has run, from its /metrics histogram."""
+    """Images and batches the service has run, from its /metrics histogram."""
     text = httpx.get(f"{base}/metrics").text
     return (
-        _metric(text, "uqserve_model_batch_images_sum"),
-        _metric(text, "uqserve_model_batch_images_count"),
+        _metric(text, "uqserve_batch_images_sum"),
+        _metric(text, "uqserve_batch_images_count"),
     )
 
 
@@ -74,7 +74,7 @@ def test_the_service_log_carries_no_tensorflow_start_up_noise(served_bento):
     base, log = served_bento
     assert httpx.get(f"{base}/readyz", timeout=10).status_code == 200  # workers have loaded TF
     text = log.read_text()
-    assert "uqserve_model" in text or "Starting production" in text, text[-2000:]  # a real log
+    assert "uqserve" in text or "Starting production" in text, text[-2000:]  # a real log
     for noise in ("cuInit", "absl::InitializeLog", "cuda drivers", "oneDNN custom operations"):
         assert noise not in text, noise
 

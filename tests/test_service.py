@@ -177,7 +177,7 @@ def test_concurrent_requests_get_their_own_answers(client):
     """Many threads, different images: each answer equals that image's answer alone."""
     import bentoml
 
-    model = bentoml.get_current_service().model_service.predictor.model
+    model = bentoml.get_current_service().predictor.model
     before = bn_statistics(model)
     blobs = [png(100 + i) for i in range(12)]
     alone = [
@@ -197,10 +197,10 @@ def test_concurrent_requests_get_their_own_answers(client):
         np.testing.assert_array_equal(old, new)
 
 
-def test_the_model_service_runs_blas_on_one_thread(client):
+def test_the_service_runs_blas_on_one_thread(client):
     from threadpoolctl import threadpool_info
 
-    assert client.get("/readyz").status_code == 200  # the model service has started
+    assert client.get("/readyz").status_code == 200  # the service has started
     blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
     assert blas and set(blas) == {1}
 

@@ -25,45 +25,45 @@ SERVED = {"requests": 100, "failures": 0}
 
 
 def run(seconds: int, model_mib, api_mib: float = 300.0, interval: int = 5) -> list:
-    """Synthetic samples every `interval` s: a model and an API worker and the arbiter.
+    """Synthetic samples every `interval` s: a service worker, an API worker and the arbiter.
 
-    `model_mib` maps the elapsed seconds to the model worker's MiB.
+    `model_mib` maps the elapsed seconds to the service worker's MiB.
     """
     samples = []
     for t in range(0, seconds + 1, interval):
-        sizes = {"model-10": model_mib(t), "api-11": api_mib, "server-9": 100.0}
+        sizes = {"service-10": model_mib(t), "api-11": api_mib, "server-9": 100.0}
         samples.append((float(t), {key: int(mib * MIB) for key, mib in sizes.items()}))
     return samples
 
 
 def test_flat_memory_has_zero_growth_everywhere():
     figures = growth(run(600, lambda t: 800.0), warmup_s=120, window=5)
-    assert set(figures) == {"model", "api", "server", "total"}
+    assert set(figures) == {"service", "api", "server", "total"}
     assert all(f["growth_percent"] == 0.0 for f in figures.values())
     assert figures["total"]["end_mib"] == 1200.0
 
 
 def test_warm_up_climb_is_ignored():
     figures = growth(run(600, lambda t: 400.0 + 4 * min(t, 100)), warmup_s=120, window=5)
-    assert figures["model"]["after_warmup_mib"] == 800.0
-    assert figures["model"]["growth_percent"] == 0.0
+    assert figures["service"]["after_warmup_mib"] == 800.0
+    assert figures["service"]["growth_percent"] == 0.0
 
 
 def test_growth_compares_median_of_first_and_last_windows_after_warm_up():
     # After warm-up (t >= 100) the model grows linearly from 1000 MiB by 1 MiB/s:
     # the first window is t = 100..120 (median t = 110), the last 480..500 (median 490).
     figures = growth(run(500, lambda t: 900.0 + t), warmup_s=100, window=5)
-    assert figures["model"]["after_warmup_mib"] == 1010.0
-    assert figures["model"]["end_mib"] == 1390.0
-    assert figures["model"]["growth_percent"] == pytest.approx(100 * 380 / 1010, abs=1e-3)
+    assert figures["service"]["after_warmup_mib"] == 1010.0
+    assert figures["service"]["end_mib"] == 1390.0
+    assert figures["service"]["growth_percent"] == pytest.approx(100 * 380 / 1010, abs=1e-3)
     assert figures["api"]["growth_percent"] == 0.0
     assert figures["total"]["growth_percent"] == pytest.approx(100 * 380 / 1410, abs=1e-3)
 
 
 def test_one_outlier_in_a_window_does_not_move_the_median():
     samples = run(600, lambda t: 800.0)
-    samples[-1][1]["model-10"] = 5000 * MIB
-    assert growth(samples, warmup_s=120, window=5)["model"]["growth_percent"] == 0.0
+    samples[-1][1]["service-10"] = 5000 * MIB
+    assert growth(samples, warmup_s=120, window=5)["service"]["growth_percent"] == 0.0
 
 
 def test_processes_of_a_role_are_summed():
@@ -81,14 +81,14 @@ def figures_with(model_growth: float) -> dict:
     flat = {"after_warmup_mib": 100.0, "end_mib": 100.0, "growth_percent": 0.0}
     model = {"after_warmup_mib": 100.0, "end_mib": 100.0 + model_growth,
              "growth_percent": model_growth}  # fmt: skip
-    return {"model": model, "api": flat, "total": flat}
+    return {"service": model, "api": flat, "total": flat}
 
 
 def test_growth_at_the_limit_passes_and_above_it_fails_naming_the_role():
     assert verdict(SERVED, 0, figures_with(5.0), 5.0, []) == []
     assert verdict(SERVED, 0, figures_with(-3.0), 5.0, []) == []
     [reason] = verdict(SERVED, 0, figures_with(5.01), 5.0, [])
-    assert reason.startswith("model memory grew 5.01 %")
+    assert reason.startswith("service memory grew 5.01 %")
     assert verdict(SERVED, 0, figures_with(7.0), 10.0, []) == []
 
 
@@ -102,10 +102,10 @@ def test_any_failed_request_fails():
 def test_a_restarted_worker_is_reported_and_fails():
     samples = run(100, lambda t: 800.0)
     for _, sizes in samples[10:]:
-        sizes["model-12"] = sizes.pop("model-10")
-    assert restarted_workers(samples) == ["model-10", "model-12"]
+        sizes["service-12"] = sizes.pop("service-10")
+    assert restarted_workers(samples) == ["service-10", "service-12"]
     assert restarted_workers(run(100, lambda t: 800.0)) == []
-    assert verdict(SERVED, 0, figures_with(0.0), 5.0, ["model-12"]) != []
+    assert verdict(SERVED, 0, figures_with(0.0), 5.0, ["service-12"]) != []
 
 
 def test_a_helper_process_coming_and_going_is_not_a_restart():
@@ -121,7 +121,8 @@ def test_csv_has_a_column_per_process_and_the_total(tmp_path):
     write_csv(samples, path)
     with open(path) as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["elapsed_s", "model-10_mib", "api-11_mib", "server-9_mib", "total_mib"]
+    header = ["elapsed_s", "service-10_mib", "api-11_mib", "server-9_mib", "total_mib"]
+    assert list(rows[0]) == header
     assert [float(r["elapsed_s"]) for r in rows] == [0, 5, 10, 15, 20]
     assert rows[1]["api-11_mib"] == ""
     for row, (_, sizes) in zip(rows, samples, strict=True):
@@ -179,10 +180,10 @@ def test_forty_second_soak_serves_every_request_and_writes_its_reports(tag, bent
     summary = json.loads((output / "summary.json").read_text())
     assert summary["served"]["failures"] == 0, summary
     assert summary["served"]["requests"] > 0
-    assert {"model", "api", "total"} <= set(summary["growth"])
-    assert summary["growth"]["model"]["after_warmup_mib"] > 0
+    assert {"service", "total"} <= set(summary["growth"])
+    assert summary["growth"]["service"]["after_warmup_mib"] > 0
     for name in ("memory.csv", "memory.png", "locust_stats.csv", "report.html"):
         assert (output / name).stat().st_size > 0, name
     with open(output / "memory.csv") as handle:
         header = next(csv.reader(handle))
-    assert any(h.startswith("model-") for h in header) and any(h.startswith("api-") for h in header)
+    assert any(h.startswith("service-") for h in header)

@@ -1,0 +1,92 @@
+"""Adaptive batching inside the service process, with BentoML's own dispatcher.
+
+BentoML batches a `batchable` API, and such an API takes exactly one argument:
+a request here also carries options (samples, seed, alpha) and images of any
+size. So the service hands its jobs to the dispatcher BentoML builds for every
+batchable API (`CorkDispatcher`, BentoML 1.4): the same CORK algorithm, the
+same latency budget and largest batch, and no second process, HTTP hop or
+serialization between the request and the model.
+
+A call hands over a list of items (a request's images); the dispatcher merges
+the lists of concurrent calls into batches of at most `max_batch_size` items,
+splitting a list across two batches where it must, and gives each call its
+own items' outputs back in order. A call it cannot run within the latency
+budget is shed: it raises `Overloaded` (the service answers 503).
+
+A batch runs in two steps, each in a worker thread. `first` holds the
+dispatcher's one batch slot (the deterministic part, the costly one);
+`then` runs after the slot is freed (the sampled suffix and the scores), so
+it overlaps the next batch's `first` instead of delaying it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Generic, NoReturn, TypeVar
+
+import anyio
+from bentoml._internal.marshal.dispatcher import CorkDispatcher
+
+In = TypeVar("In")
+Mid = TypeVar("Mid")
+Out = TypeVar("Out")
+
+Pending = tuple["asyncio.Future[list]", int, int]  # a batch's outputs to come, a call's slice
+
+
+class Overloaded(RuntimeError):
+    """The batch could not take this call within the latency budget."""
+
+
+def _shed() -> NoReturn:
+    raise Overloaded("not batched within the latency budget")
+
+
+class Batcher(Generic[In, Mid, Out]):
+    """`await batcher(items)` -> their outputs: `then(batch, first(batch))`, batched.
+
+    `first` and `then` are blocking (Keras); each gets one batch of items,
+    the calls' lists joined in arrival order, and `then` returns one output
+    per item, in order. `on_batch(calls, items)`, if given, sees every batch's size.
+    """
+
+    def __init__(
+        self,
+        first: Callable[[list[In]], Mid],
+        then: Callable[[list[In], Mid], list[Out]],
+        max_batch_size: int,
+        max_latency_ms: int,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self._first, self._then, self._on_batch = first, then, on_batch
+        self._dispatcher: CorkDispatcher[list[In], Pending] = CorkDispatcher(
+            max_latency_in_ms=max_latency_ms,
+            max_batch_size=max_batch_size,
+            fallback=_shed,
+            get_batch_size=len,
+        )
+        self._call = self._dispatcher(self._run)
+
+    async def _run(self, calls: Sequence[list[In]]) -> list[Pending]:
+        """One batch: `first` in the slot; `then` scheduled to run after it is freed."""
+        items = [item for call in calls for item in call]
+        if self._on_batch is not None:
+            self._on_batch(len(calls), len(items))
+        middle = await anyio.to_thread.run_sync(self._first, items)
+        rest = asyncio.ensure_future(anyio.to_thread.run_sync(self._then, items, middle))
+        pending, start = [], 0
+        for call in calls:
+            pending.append((rest, start, start + len(call)))
+            start += len(call)
+        return pending
+
+    async def __call__(self, items: list[In]) -> list[Out]:
+        """The items' outputs once their batch has run; raises `Overloaded` if shed."""
+        rest, start, end = await self._call(items)
+        outputs = await asyncio.shield(rest)  # shared: a caller's cancel must not cancel it
+        return outputs[start:end]
+
+    def shutdown(self) -> None:
+        """Stop dispatching; calls still waiting are shed (`Overloaded`)."""
+        self._dispatcher.shutdown()
