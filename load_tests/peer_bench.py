@@ -21,6 +21,7 @@ import os
 import statistics
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,12 +43,25 @@ UQSERVE, PEER = "uqserve", "peer"
 
 @dataclass(frozen=True)
 class Target:
-    """A served service and the Locust user class that loads it."""
+    """A served service, the Locust user class that loads it, its batch-size histogram."""
 
     name: str
     url: str
     pid: int
     user_class: str
+    batch_metric: str  # images per adaptive batch, in /metrics
+
+
+def batch_totals(target: Target) -> tuple[float, float]:
+    """(images, batches) the target has batched so far, from its /metrics."""
+    with urllib.request.urlopen(f"{target.url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+
+    def total(suffix: str) -> float:
+        name = f"{target.batch_metric}_{suffix}"
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+    return total("sum"), total("count")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -82,6 +96,7 @@ def measure(target: Target, args: argparse.Namespace, duration: str, name: str) 
     output = args.output / name
     output.mkdir(parents=True, exist_ok=True)
     before, locust = processes.cpu_seconds(target.pid), children_cpu()
+    images, batches = batch_totals(target)
     start = time.monotonic()
     code = run_locust(target.url, args.users, args.users, duration, output, "peer_users.py",
                       target.user_class)  # fmt: skip
@@ -89,8 +104,11 @@ def measure(target: Target, args: argparse.Namespace, duration: str, name: str) 
     cores = cpu_cores(before, processes.cpu_seconds(target.pid), children_cpu() - locust, wall)
     row = locust_row(output)
     seconds = seconds_of(duration)
+    images_after, batches_after = batch_totals(target)
+    per_batch = (images_after - images) / max(batches_after - batches, 1.0)
     return {"target": target.name, "run": name, "exit_code": code, **row,
-            "images_per_s": row["requests"] / seconds, "cpu_cores": cores}  # fmt: skip
+            "images_per_s": row["requests"] / seconds, "images_per_batch": per_batch,
+            "cpu_cores": cores}  # fmt: skip
 
 
 def start(target: str, name: str, args: argparse.Namespace) -> tuple[Target, object]:
@@ -98,8 +116,12 @@ def start(target: str, name: str, args: argparse.Namespace) -> tuple[Target, obj
     port = processes.free_port()
     log = args.output / f"{name}.log"
     process = processes.serve(target, port, log, serve_env(args.model, args.base_dtype), ROOT)
-    user = "UqserveUser" if name == UQSERVE else "PeerUser"
-    return Target(name, f"http://127.0.0.1:{port}", process.pid, user), (process, log)
+    user, metric = (
+        ("UqserveUser", "uqserve_batch_images")
+        if name == UQSERVE
+        else ("PeerUser", "bentoml_service_adaptive_batch_size")
+    )
+    return Target(name, f"http://127.0.0.1:{port}", process.pid, user, metric), (process, log)
 
 
 def compare(runs: list[dict]) -> dict:
@@ -115,15 +137,16 @@ def compare(runs: list[dict]) -> dict:
 def format_runs(runs: list[dict]) -> str:
     """A Markdown table, one row per measured run."""
     lines = [
-        "| run | images/s | failed | p50 / p95 / p99 ms | CPU service / locust |",
-        "| --- | --- | --- | --- | --- |",
+        "| run | images/s | failed | p50 / p95 / p99 ms | images per batch "
+        "| CPU service / locust |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in runs:
         c = r["cpu_cores"]
         lines.append(
             f"| {r['run']} | {r['images_per_s']:.1f} | {r['failures']} | "
             f"{r['p50_ms']:.0f} / {r['p95_ms']:.0f} / {r['p99_ms']:.0f} | "
-            f"{c.get('service', 0.0):.2f} / {c['locust']:.2f} |"
+            f"{r['images_per_batch']:.1f} | {c.get('service', 0.0):.2f} / {c['locust']:.2f} |"
         )
     return "\n".join(lines)
 

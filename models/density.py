@@ -19,13 +19,17 @@ from __future__ import annotations
 import numbers
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
 
 import numpy as np
+from keras import ops
 from scipy.special import logsumexp
 from sklearn.covariance import LedoitWolf
 from threadpoolctl import OpenBLASController, threadpool_limits
 
 MIN_CLASS_IMAGES = 5
+CHUNK_ROWS = 1024  # rows whitened per call: bounds the (C, rows, D) product's memory
 
 
 def limit_blas_threads(threads: int = 1) -> None:
@@ -105,22 +109,40 @@ class FeatureDensity:
     def log_density(self, embeddings: np.ndarray) -> np.ndarray:
         """log sum_c pi_c N(z; mu_c, Sigma_c) for each row of (N, D) embeddings -> (N,).
 
-        It leaves BLAS threads alone: a server sets them once with
-        `limit_blas_threads` (see there why one thread).
+        The whitening products run in float32 as one batched `keras.ops.matmul`
+        (the backend's thread pool; at 8 rows of 512, 0.65 ms against 2.6 ms for
+        float64 NumPy, which reads 21 MB of matrices per call), the mixture in
+        float64. A row's result does not depend on the other rows of the call
+        (a test checks), so a batched answer equals the lone one; NumPy's BLAS
+        gives no such guarantee in float32. BLAS threads are left alone.
         """
-        return self._log_density(np.asarray(embeddings, np.float64))
+        z = np.asarray(embeddings, np.float32)
+        chunks = [self._log_density(z[s : s + CHUNK_ROWS]) for s in range(0, len(z), CHUNK_ROWS)]
+        return np.concatenate(chunks) if chunks else np.zeros(0)
 
     def _log_density(self, z: np.ndarray) -> np.ndarray:
-        dim = z.shape[1]
-        per_class = []
-        for mean, rotation, scaling, log_prior in zip(
-            self.means, self.rotations, self.scalings, self.log_priors, strict=True
-        ):
-            projected = (z - mean) @ rotation / np.sqrt(scaling)  # whitened (N, D)
-            log_det = np.log(scaling).sum()
-            log_normal = -0.5 * ((projected**2).sum(axis=1) + log_det + dim * np.log(2 * np.pi))
-            per_class.append(log_normal + log_prior)
-        return logsumexp(np.stack(per_class, axis=1), axis=1)
+        centred = ops.convert_to_tensor(z)[None] - self._means32[:, None]  # (C, N, D)
+        whitened = ops.matmul(centred, self._whitening)  # (C, N, D)
+        squared = ops.convert_to_numpy(ops.sum(ops.square(whitened), axis=2))  # (C, N)
+        log_normal = -0.5 * (
+            squared.astype(np.float64) + self._log_dets[:, None] + z.shape[1] * np.log(2 * np.pi)
+        )
+        return logsumexp(log_normal.T + self.log_priors, axis=1)  # (N,)
+
+    @cached_property
+    def _means32(self) -> Any:
+        return ops.convert_to_tensor(self.means.astype(np.float32))  # (C, D)
+
+    @cached_property
+    def _whitening(self) -> Any:
+        """Per class, rotation / sqrt(scaling): (z - mu) @ it is whitened. (C, D, D) float32."""
+        return ops.convert_to_tensor(
+            (self.rotations / np.sqrt(self.scalings)[:, None, :]).astype(np.float32)
+        )
+
+    @cached_property
+    def _log_dets(self) -> np.ndarray:
+        return np.log(self.scalings).sum(axis=1)  # (C,) log det Sigma_c
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The parameters as named arrays, for saving next to the model."""
