@@ -106,27 +106,16 @@ def sample_and_score(
     The deterministic part runs once; the OOD score (NaN without a density)
     comes from the same pass's embeddings, at no extra cost.
     """
-    embeddings, hidden = predictor.forward(images)  # (B, D), (B, ...)
-    return sample_and_score_from(predictor, density, embeddings, hidden, samples, streams)
+    draws, embeddings, hidden = predictor.sample_each(images, samples, streams)  # [(T_i, C)], ...
+    return draws, ood_scores(density, embeddings, hidden)
 
 
-def sample_and_score_from(
-    predictor: MCDropoutPredictor,
-    density: OODScore | None,
-    embeddings: np.ndarray,
-    hidden: np.ndarray,
-    samples: Sequence[int],
-    streams: Sequence[ImageSeed],
-) -> tuple[list[np.ndarray], np.ndarray]:
-    """`sample_and_score` after `predictor.forward`: the sampled suffix and the OOD score.
-
-    Scores are float32, as the service serves them, so every caller rounds alike.
-    """
-    draws = predictor.sample_each_from_hidden(hidden, samples, streams)  # [(T_i, C)]
+def ood_scores(density: OODScore | None, embeddings: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+    """The OOD scores (B,) of `sample_each`'s embeddings and hidden rows; NaN without a
+    density. float32, as the service serves them, so every caller rounds alike."""
     if density is None:
-        return draws, np.full(len(hidden), np.nan, dtype=np.float32)
-    features = {"base": embeddings, "hidden": hidden}
-    return draws, density.score(features).astype(np.float32)
+        return np.full(len(embeddings), np.nan, dtype=np.float32)
+    return density.score({"base": embeddings, "hidden": hidden}).astype(np.float32)
 
 
 def resolve_alpha(card: ModelCard, alpha: float | None) -> float | None:

@@ -177,6 +177,7 @@ class MCDropoutPredictor:
         self._prefix = layers[:split]  # head layers before the first Dropout
         self._suffix = layers[split:]
         self._sampler, self._dropouts = _sampler(self._suffix, self._extractor.outputs[1].shape)
+        self._fused = _fused(self._extractor, self._sampler, self._dropouts)
 
     @property
     def num_classes(self) -> int:
@@ -206,14 +207,16 @@ class MCDropoutPredictor:
         return np.concatenate(embeddings, axis=0), np.concatenate(hidden, axis=0)
 
     def warm_up(self, input_shape: tuple[int, ...]) -> None:
-        """Trace the compiled prefix and suffix for any batch size, so no request pays for it.
+        """Trace the compiled graphs for any batch size, so no request pays for it.
 
         Two calls of different sizes: TensorFlow then retraces once with the
         batch dimension left open (`reduce_retracing`), and never again.
         """
         for batch in (1, 2):
-            hidden = self.forward(np.zeros((batch, *input_shape), dtype="float32"))[1]
+            images = np.zeros((batch, *input_shape), dtype="float32")
+            hidden = self.forward(images)[1]
             self.sample_from_hidden(hidden, 2, np.random.default_rng(0).spawn(batch))
+            self._sample_images(images, [2] * batch, np.random.default_rng(0).spawn(batch))
 
     def hidden(self, images: np.ndarray) -> np.ndarray:
         """The input of the first Dropout (B, ...): base + head layers before it."""
@@ -257,8 +260,8 @@ class MCDropoutPredictor:
                 f"Invalid value for `samples`: expected >= 1, received samples={samples}"
             )
         rngs = _image_rngs(len(images), seed, image_seeds)  # checks the seeds before computing
-        hidden = self.hidden(images)  # (B, ...)
-        return self.sample_from_hidden(hidden, samples, rngs)
+        draws = self._sample_images(images, [samples] * len(images), rngs)[0]  # [(T, C)]
+        return np.stack(draws)  # (B, T, C)
 
     def sample_each(
         self, images: np.ndarray, samples: Sequence[int], image_seeds: Sequence[ImageSeed]
@@ -267,41 +270,49 @@ class MCDropoutPredictor:
 
         Returns a list of (T_i, C) arrays, the embeddings (B, D) and the hidden
         rows (B, ...), the input of the first Dropout (both for the OOD score).
-        The deterministic part still runs once for the whole batch; the
-        stochastic part runs once per distinct T.
         """
-        self._check_counts(samples, len(images))
-        rngs = _image_rngs(len(images), None, image_seeds)  # checks the seeds before computing
-        embeddings, hidden = self.forward(images)  # (B, D), (B, ...)
-        return self._sample_counts(hidden, samples, rngs), embeddings, hidden
-
-    def sample_each_from_hidden(
-        self, hidden: np.ndarray, samples: Sequence[int], image_seeds: Sequence[ImageSeed]
-    ) -> list[np.ndarray]:
-        """`sample_each`'s draws from `forward`'s hidden rows: the same numbers, for a
-        caller that runs the deterministic part apart (the service's pipeline)."""
-        self._check_counts(samples, len(hidden))
-        return self._sample_counts(hidden, samples, _image_rngs(len(hidden), None, image_seeds))
-
-    @staticmethod
-    def _check_counts(samples: Sequence[int], images: int) -> None:
-        if len(samples) != images or min(samples, default=1) < 1:
+        if len(samples) != len(images) or min(samples, default=1) < 1:
             raise ValueError(
-                f"Invalid value for `samples`: expected {images} counts >= 1, "
+                f"Invalid value for `samples`: expected {len(images)} counts >= 1, "
                 f"received {list(samples)}"
             )
+        rngs = _image_rngs(len(images), None, image_seeds)  # checks the seeds before computing
+        return self._sample_images(images, list(samples), rngs)
 
-    def _sample_counts(
-        self, hidden: np.ndarray, samples: Sequence[int], rngs: Sequence[np.random.Generator]
-    ) -> list[np.ndarray]:
-        """Image i's `samples[i]` draws (T_i, C), the suffix run once per distinct T."""
-        out: list[np.ndarray] = [np.empty(0)] * len(hidden)
-        for count in sorted(set(samples)):
-            members = [i for i, s in enumerate(samples) if s == count]
-            draws = self.sample_from_hidden(hidden[members], count, [rngs[i] for i in members])
-            for position, i in enumerate(members):
-                out[i] = draws[position]  # (T_i, C)
-        return out
+    def _sample_images(
+        self, images: np.ndarray, counts: list[int], rngs: Sequence[np.random.Generator]
+    ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        """One compiled call per chunk of images: the deterministic part once per image,
+        the suffix on each image's hidden row taken `counts[i]` times."""
+        draws: list[np.ndarray] = []
+        embeddings, hidden = [], []
+        for start, end in self._chunks(counts):
+            rows = np.repeat(np.arange(end - start, dtype="int32"), counts[start:end])  # (R,)
+            masks = [
+                _dropout_masks(rngs[start:end], counts[start:end], shape, rate)
+                for shape, rate in self._dropouts
+            ]
+            maps, x, probs = self._fused.predict_on_batch([images[start:end], rows, *masks])
+            draws += np.split(np.asarray(probs), np.cumsum(counts[start:end])[:-1])  # [(T_i, C)]
+            embeddings.append(pool(maps))  # (b, D)
+            hidden.append(np.asarray(x))  # (b, ...)
+        if self.temperature != 1.0:
+            draws = [temper(d[None], self.temperature)[0].astype(d.dtype) for d in draws]
+        return draws, np.concatenate(embeddings, axis=0), np.concatenate(hidden, axis=0)
+
+    def _chunks(self, counts: list[int]) -> list[tuple[int, int]]:
+        """Consecutive image ranges of at most `batch_size` images and SUFFIX_VALUES
+        repeated values (at least one image each)."""
+        width = int(np.prod([d for d in self._extractor.outputs[1].shape[1:]]))
+        chunks, start, values = [], 0, 0
+        for i, count in enumerate(counts):
+            if i > start and (
+                i - start == self.batch_size or values + count * width > SUFFIX_VALUES
+            ):
+                chunks.append((start, i))
+                start, values = i, 0
+            values += count * width
+        return [*chunks, (start, len(counts))] if counts else []
 
     def sample_from_hidden(
         self, hidden: np.ndarray, samples: int, rngs: Sequence[np.random.Generator]
@@ -341,6 +352,25 @@ class MCDropoutPredictor:
             for shape, rate in self._dropouts
         ]
         return np.asarray(self._sampler.predict_on_batch([x, *masks]))
+
+
+def _fused(
+    extractor: keras.Model,
+    sampler: keras.Model,
+    dropouts: Sequence[tuple[tuple[int, ...], float]],
+) -> keras.Model:
+    """One compiled model: (images (B, ...), rows (R,), masks) -> (maps, hidden, probabilities
+    (R, C)). Row r samples image rows[r]: the deterministic part runs once per image, the
+    suffix once per sample, in one call (fewer calls, and no second call to wait for the
+    backend's threads while a server runs the next batch)."""
+    images = keras.Input(shape=tuple(extractor.input.shape[1:]))
+    rows = keras.Input(shape=(), dtype="int32")
+    masks = [keras.Input(shape=shape) for shape, _ in dropouts]
+    maps, hidden = extractor(images)
+    probabilities = sampler([ops.take(hidden, rows, axis=0), *masks])
+    fused = keras.Model([images, rows, *masks], [maps, hidden, probabilities])
+    fused.jit_compile = False
+    return fused
 
 
 def _sampler(
@@ -412,19 +442,25 @@ def _in_precision(base: keras.Model, dtype: str) -> keras.Model:
 
 
 def _dropout_masks(
-    rngs: Sequence[np.random.Generator], samples: int, shape: tuple[int, ...], rate: float
+    rngs: Sequence[np.random.Generator],
+    samples: int | Sequence[int],
+    shape: tuple[int, ...],
+    rate: float,
 ) -> np.ndarray:
-    """Inverted-dropout masks (b*T, *shape): 0 with probability `rate`, else 1/(1-rate).
+    """Inverted-dropout masks (sum T_i, *shape): 0 with probability `rate`, else 1/(1-rate).
 
-    Image i's T masks are the next T*prod(shape) uniforms of its own stream,
-    written in place (one buffer, no per-image arrays to join).
+    Image i's T_i masks (`samples`: one T for all, or one per image) are the
+    next T_i*prod(shape) uniforms of its own stream, written in place.
     """
-    masks = np.empty((len(rngs) * samples, *shape), dtype=np.float32)
+    counts = [samples] * len(rngs) if isinstance(samples, int) else list(samples)
+    masks = np.empty((sum(counts), *shape), dtype=np.float32)
     if rate == 0.0:
         masks.fill(1.0)
         return masks
-    for i, rng in enumerate(rngs):
-        rng.random(dtype=np.float32, out=masks[i * samples : (i + 1) * samples])
+    start = 0
+    for rng, count in zip(rngs, counts, strict=True):
+        rng.random(dtype=np.float32, out=masks[start : start + count])
+        start += count
     return np.divide(masks >= rate, np.float32(1.0 - rate), out=masks, dtype=np.float32)
 
 

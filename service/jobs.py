@@ -5,11 +5,12 @@ any size), the request's seed and T, and its place in the request. The
 dispatcher (`service.batching`) merges the jobs of concurrent requests (and
 may split a request across two batches), and a batch is answered in two steps:
 
-    forward_jobs   every image preprocessed (one compiled call per image size),
-                   then the deterministic part once for the whole batch
-    answer_jobs    the sampled suffix once per distinct T, the OOD score
+    sample_jobs    every image preprocessed (one compiled call per image size),
+                   then one compiled call: the deterministic part once per
+                   image, the sampled suffix once per sample
+    answer_jobs    the OOD scores
 
-The service runs `answer_jobs` of one batch while `forward_jobs` of the next
+The service runs `answer_jobs` of one batch while `sample_jobs` of the next
 runs (`service.batching`). Together they compute exactly what
 `models.answer.sample_and_score` computes for `uqserve predict`.
 
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.answer import sample_and_score_from
+from models.answer import ood_scores
 from models.density import OODScore
 from models.mc_dropout import MCDropoutPredictor
 from models.preprocessing import Preprocessor
@@ -55,34 +56,27 @@ def request_jobs(images: Sequence[np.ndarray], seed: int, samples: int) -> list[
 
 
 @dataclass(frozen=True)
-class Features:
-    """A batch's deterministic part: what `forward_jobs` hands `answer_jobs`."""
+class Sampled:
+    """A batch's samples and features: what `sample_jobs` hands `answer_jobs`."""
 
+    draws: list[np.ndarray]  # per image (T_i, C)
     embeddings: np.ndarray  # (N, D) pooled base features
     hidden: np.ndarray  # (N, ...) input of the first Dropout
 
 
-def forward_jobs(
+def sample_jobs(
     preprocess: Preprocessor, predictor: MCDropoutPredictor, jobs: Sequence[ImageJob]
-) -> Features:
-    """Preprocess every image of the batch and run the deterministic part once."""
+) -> Sampled:
+    """Preprocess every image of the batch; the deterministic part once, then the samples."""
     images = preprocess([job.pixels for job in jobs])  # (N, H, W, 3)
-    return Features(*predictor.forward(images))
-
-
-def answer_jobs(
-    predictor: MCDropoutPredictor,
-    density: OODScore | None,
-    jobs: Sequence[ImageJob],
-    features: Features,
-) -> list[ImageAnswer]:
-    """The sampled suffix and the OOD score -> one `ImageAnswer` per job, in order."""
     streams = [(job.seed, job.index) for job in jobs]
-    draws, scores = sample_and_score_from(
-        predictor, density, features.embeddings, features.hidden,
-        [job.samples for job in jobs], streams,
-    )  # [(T_i, C)], (N,)  # fmt: skip
-    return [ImageAnswer(d, s) for d, s in zip(draws, scores, strict=True)]
+    return Sampled(*predictor.sample_each(images, [job.samples for job in jobs], streams))
+
+
+def answer_jobs(density: OODScore | None, sampled: Sampled) -> list[ImageAnswer]:
+    """The OOD scores -> one `ImageAnswer` per job, in order."""
+    scores = ood_scores(density, sampled.embeddings, sampled.hidden)  # (N,)
+    return [ImageAnswer(d, s) for d, s in zip(sampled.draws, scores, strict=True)]
 
 
 def stack_answers(answers: Sequence[ImageAnswer]) -> tuple[np.ndarray, np.ndarray]:

@@ -87,8 +87,8 @@ class ApiService:
         self.density = stored.density()
         self.preprocess = Preprocessor(self.card.model.preprocessing)  # compiled
         self.loaded_digest = weights_digest(*self.predictor.served_models)
-        self.batch: Batcher[jobs.ImageJob, jobs.Features, jobs.ImageAnswer] = Batcher(
-            self._forward, self._sample, SETTINGS.max_batch_size, SETTINGS.max_latency_ms,
+        self.batch: Batcher[jobs.ImageJob, jobs.Sampled, jobs.ImageAnswer] = Batcher(
+            self._forward, self._score, SETTINGS.max_batch_size, SETTINGS.max_latency_ms,
             observe.batch,
         )  # fmt: skip
 
@@ -98,21 +98,19 @@ class ApiService:
         self.preprocess.warm_up()
         self.predictor.warm_up(self.card.input_shape)
         batch = jobs.request_jobs([np.zeros((8, 8), np.uint8)], seed=0, samples=2)
-        self._sample(batch, self._forward(batch))
+        self._score(batch, self._forward(batch))
 
     @bentoml.on_shutdown
     def stop_batching(self) -> None:
         self.batch.shutdown()
 
-    def _forward(self, batch: list[jobs.ImageJob]) -> jobs.Features:
-        """A batch's deterministic part (blocking: a worker thread, in the batch slot)."""
-        return jobs.forward_jobs(self.preprocess, self.predictor, batch)
+    def _forward(self, batch: list[jobs.ImageJob]) -> jobs.Sampled:
+        """A batch's samples (blocking: a worker thread, in the batch slot)."""
+        return jobs.sample_jobs(self.preprocess, self.predictor, batch)
 
-    def _sample(
-        self, batch: list[jobs.ImageJob], features: jobs.Features
-    ) -> list[jobs.ImageAnswer]:
-        """A batch's samples and scores (blocking: a worker thread, after the slot)."""
-        return jobs.answer_jobs(self.predictor, self.density, batch, features)
+    def _score(self, batch: list[jobs.ImageJob], sampled: jobs.Sampled) -> list[jobs.ImageAnswer]:
+        """A batch's OOD scores (blocking: a worker thread, after the slot)."""
+        return jobs.answer_jobs(self.density, sampled)
 
     def _prepare(
         self, images: list[np.ndarray], options: Options
