@@ -16,6 +16,7 @@ SPAWN_RATE ?= 4
 DURATION ?= 60s
 BENTO ?=
 BENCH_ARGS ?=
+PEER_ARGS ?=
 LOADTEST_ARGS ?=
 BENCH_OUTPUT ?= reports/bench
 
@@ -52,11 +53,13 @@ loadtest: model ## build the bento (or BENTO=tag), serve it, Locust for $(DURATI
 	$(BIN)/python -m load_tests.run_loadtest --model $(MODEL) $(if $(BENTO),--bento $(BENTO)) \
 		--users $(USERS) --spawn-rate $(SPAWN_RATE) --duration $(DURATION) $(LOADTEST_ARGS)
 
-bench: model ## in-process MC cost table (BENCH_ARGS), then served vs in-process; $(BENCH_OUTPUT)/
+bench: model ## in-process MC cost table (BENCH_ARGS), served vs in-process, uqserve vs a plain BentoML service (PEER_ARGS); $(BENCH_OUTPUT)/
 	$(BIN)/python -m load_tests.bench $(BENCH_ARGS) --output $(BENCH_OUTPUT)/bench.json
 	$(BIN)/python -m load_tests.run_loadtest --model $(MODEL) $(if $(BENTO),--bento $(BENTO)) \
 		--users $(USERS) --spawn-rate $(SPAWN_RATE) --duration $(DURATION) \
 		--output $(BENCH_OUTPUT)/served $(LOADTEST_ARGS)
+	$(BIN)/python -m load_tests.peer_bench --model $(MODEL) $(if $(BENTO),--bento $(BENTO)) \
+		--output $(BENCH_OUTPUT)/peer $(PEER_ARGS)
 
 precision: model ## does a $(BASE_DTYPE) base (default bfloat16) answer as float32 does? reports/precision/
 	$(BIN)/python -m training.precision --model $(MODEL) --base-dtype $(or $(BASE_DTYPE),bfloat16)

@@ -152,8 +152,8 @@ def role_of(key: str) -> str:
 def stop_service(process: subprocess.Popen, grace: float = 60.0) -> list[str]:
     """SIGTERM the service; SIGKILL what is left of its tree after `grace` s.
 
-    Returns the '<role>-<pid>' of every process that had to be killed. The
-    API worker sometimes hangs on shutdown and the arbiter waits for it;
+    Returns the '<role>-<pid>' of every process that had to be killed. A
+    worker sometimes hangs on shutdown and the arbiter waits for it;
     it runs in its own process group, so the workers are listed before the
     SIGTERM, while they still hang from the arbiter. Processes that are
     already gone are skipped, never an error.

@@ -5,9 +5,11 @@ Serves uqserve (`service.service:ApiService`, or a built bento) and the peer
 from the start, then loads one at a time with the same Locust load (one PNG
 digit per request, `--users` clients, no think time): a warm-up run each,
 then `--rounds` rounds of uqserve, peer. Reports images/s, Locust's latency
-percentiles and the CPU each role used, per run, and uqserve/peer
-throughput. Writes `summary.json` and each run's Locust CSV under `--output`;
-exits non-zero if any request failed or uqserve's weights changed.
+percentiles, images per adaptive batch and the CPU each role used, per run,
+and uqserve/peer throughput. Then, with both stopped, each side's whole
+answer for a batch in this process (`--inprocess-batch` images, no HTTP).
+Writes `summary.json` and each run's Locust CSV under `--output`; exits
+non-zero if any request failed or uqserve's weights changed.
 
     python -m load_tests.peer_bench --model uqserve_vgg16:latest --users 8 --duration 20s
 """
@@ -24,6 +26,8 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from deploy import processes
 from load_tests.peer_users import PEER_SAMPLES
@@ -75,6 +79,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2)
     dtype = os.environ.get("UQSERVE_BASE_DTYPE", "float32")
     parser.add_argument("--base-dtype", default=dtype, choices=BASE_DTYPES, help="uqserve's")
+    parser.add_argument(
+        "--inprocess-batch",
+        type=int,
+        default=4,
+        help="images per in-process batch after the served runs (0: skip)",
+    )
+    parser.add_argument("--repeats", type=int, default=20, help="in-process: best of this many")
     parser.add_argument("--output", type=Path, default=Path("reports") / "bench" / "peer")
     args = parser.parse_args(argv)
     args.output = args.output.resolve()
@@ -167,6 +178,53 @@ def bench(targets: list[Target], args: argparse.Namespace) -> tuple[list[dict], 
     return runs, {"sha256_before": digest_before["sha256"], "unchanged": unchanged}
 
 
+def inprocess(model: str, base_dtype: str, batch: int, repeats: int) -> dict[str, float]:
+    """Milliseconds per batch of `batch` payload PNGs, whole answer, in this process: each
+    side's own code, no HTTP (best of `repeats` after a warm-up call).
+
+    uqserve: decode, compiled preprocessing, T=PEER_SAMPLES samples and the OOD
+    score (`sample_and_score`), the answers. The peer: PIL, `classify`.
+    """
+    import io
+
+    import keras
+    from PIL import Image
+
+    from adapters.images import decode_image
+    from adapters.model_store import StoredModel
+    from load_tests.bench import best_time
+    from load_tests.payloads import make_payloads
+    from load_tests.peer_service import classify
+    from models.answer import build_answers, sample_and_score
+    from models.density import limit_blas_threads
+    from models.preprocessing import Preprocessor
+
+    limit_blas_threads()  # as the service does
+    stored = StoredModel.open(model)
+    predictor, density = stored.predictor(base_dtype), stored.density()
+    preprocess = Preprocessor(stored.card.model.preprocessing)
+    network = keras.saving.load_model(stored.model_file)
+    size = tuple(reversed(network.input_shape[1:3]))
+    blobs = [path.read_bytes() for path in make_payloads()]
+    blobs = (blobs * (batch // len(blobs) + 1))[:batch]
+    streams = [(0, i) for i in range(batch)]
+
+    def uqserve() -> None:
+        images = preprocess([decode_image(blob, "payload") for blob in blobs])
+        samples = [PEER_SAMPLES] * batch
+        draws, scores = sample_and_score(predictor, density, images, samples, streams)
+        build_answers(np.stack(draws), scores, stored.card)  # draws: (B, T, C)
+
+    def peer() -> None:
+        classify(network, size, [Image.open(io.BytesIO(blob)) for blob in blobs])
+
+    predictor.warm_up(stored.card.input_shape)
+    preprocess.warm_up()
+    ours, theirs = 1e3 * best_time(uqserve, repeats), 1e3 * best_time(peer, repeats)
+    return {"batch": batch, "uqserve_ms": ours, "peer_ms": theirs,
+            "uqserve_over_peer_time": ours / theirs}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     started = [
@@ -183,9 +241,15 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"model": args.model, "users": args.users, "duration": args.duration,
                "samples": PEER_SAMPLES, "base_dtype": args.base_dtype, "runs": runs,
                **compare(runs), "weights": weights}  # fmt: skip
+    if args.inprocess_batch > 0:  # after the services stopped: nothing else runs
+        summary["inprocess"] = inprocess(
+            args.model, args.base_dtype, args.inprocess_batch, args.repeats
+        )
     (args.output / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"\n{format_runs(runs)}\n\nuqserve (T={PEER_SAMPLES}) / peer (deterministic): "
-          f"{summary['uqserve_over_peer']:.2f}")  # fmt: skip
+          f"{summary['uqserve_over_peer']:.2f} images/s")  # fmt: skip
+    if "inprocess" in summary:
+        print(f"in-process, batch of {args.inprocess_batch}, ms: {summary['inprocess']}")
     failed = any(r["failures"] or r["exit_code"] for r in runs)
     if not weights["unchanged"]:
         print("peer bench: uqserve's weights changed under load", file=sys.stderr)

@@ -34,6 +34,11 @@ class PeerService:
     @bentoml.api(batchable=True, max_batch_size=64, max_latency_ms=10_000)
     def classify(self, images: list[Image]) -> list[list[float]]:
         """Class probabilities, one row per image."""
-        pixels = np.stack([np.asarray(im.convert("RGB").resize(self.size)) for im in images])
-        x = keras.applications.vgg16.preprocess_input(pixels.astype("float32"))
-        return np.asarray(self.model.predict_on_batch(x)).tolist()
+        return classify(self.model, self.size, images)
+
+
+def classify(model: keras.Model, size: tuple[int, int], images: list[Image]) -> list[list[float]]:
+    """Resize, VGG16's `preprocess_input`, `predict_on_batch`: one row per image."""
+    pixels = np.stack([np.asarray(im.convert("RGB").resize(size)) for im in images])
+    x = keras.applications.vgg16.preprocess_input(pixels.astype("float32"))
+    return np.asarray(model.predict_on_batch(x)).tolist()

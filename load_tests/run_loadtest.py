@@ -113,7 +113,7 @@ def inprocess_throughput(
     from models.density import limit_blas_threads
     from models.preprocessing import Preprocessor
 
-    limit_blas_threads()  # as the model service does
+    limit_blas_threads()  # as the service does
     stored = StoredModel.open(model)
     predictor, density = stored.predictor(base_dtype), stored.density()
     preprocess = Preprocessor(stored.card.model.preprocessing)

@@ -7,16 +7,16 @@ while this process samples the resident memory (RSS) of every process of the
 
 Warm-up: the first 2 minutes or 20 % of the run, whichever is shorter
 (--warmup overrides). Memory climbs while TensorFlow, caches and the adaptive
-batcher settle, so growth is only measured after it: for each role (model,
-api, server: the processes of a role summed) and for the total, the median of
+batcher settle, so growth is only measured after it: for each role (service,
+server: the processes of a role summed) and for the total, the median of
 the last --window samples is compared with the median of the first --window
 samples after warm-up. Medians, so one noisy sample cannot decide.
 
 Fails (exit 1, printing why) on any failed request, on growth above
---max-growth percent for any role or the total, when a model or API worker
+--max-growth percent for any role or the total, when a service worker
 was restarted (a restart would hide a leak), or when too few samples were
 taken after warm-up to judge. The service is stopped with SIGTERM; whatever
-of it still runs a minute later is killed (the API worker sometimes hangs on
+of it still runs a minute later is killed (a worker sometimes hangs on
 shutdown) and named in the summary. Writes under --output (reports/soak/):
 memory.csv, memory.png, summary.json, Locust's CSV and HTML, service.log.
 
@@ -92,7 +92,7 @@ def growth(samples: list[Sample], warmup_s: float, window: int) -> dict[str, dic
 
 
 def restarted_workers(samples: list[Sample]) -> list[str]:
-    """Model and API worker processes that were not there in every sample."""
+    """Service worker processes that were not there in every sample."""
     sets = [set(sizes) for _, sizes in samples if sizes]
     if not sets:
         return []

@@ -32,7 +32,7 @@ In = TypeVar("In")
 Mid = TypeVar("Mid")
 Out = TypeVar("Out")
 
-Pending = tuple["asyncio.Future[list]", int, int]  # a batch's outputs to come, a call's slice
+Handle = tuple["asyncio.Future[list]", int]  # an item's batch outputs to come, its place there
 
 
 class Overloaded(RuntimeError):
@@ -60,7 +60,7 @@ class Batcher(Generic[In, Mid, Out]):
         on_batch: Callable[[int, int], None] | None = None,
     ) -> None:
         self._first, self._then, self._on_batch = first, then, on_batch
-        self._dispatcher: CorkDispatcher[list[In], Pending] = CorkDispatcher(
+        self._dispatcher: CorkDispatcher[list[In], list[Handle]] = CorkDispatcher(
             max_latency_in_ms=max_latency_ms,
             max_batch_size=max_batch_size,
             fallback=_shed,
@@ -68,24 +68,29 @@ class Batcher(Generic[In, Mid, Out]):
         )
         self._call = self._dispatcher(self._run)
 
-    async def _run(self, calls: Sequence[list[In]]) -> list[Pending]:
-        """One batch: `first` in the slot; `then` scheduled to run after it is freed."""
+    async def _run(self, calls: Sequence[list[In]]) -> list[list[Handle]]:
+        """One batch: `first` in the slot; `then` scheduled to run after it is freed.
+
+        Each call gets one handle per item (a list, so the dispatcher can join
+        the two halves of a call it split across batches).
+        """
         items = [item for call in calls for item in call]
         if self._on_batch is not None:
             self._on_batch(len(calls), len(items))
         middle = await anyio.to_thread.run_sync(self._first, items)
         rest = asyncio.ensure_future(anyio.to_thread.run_sync(self._then, items, middle))
-        pending, start = [], 0
+        handles, start = [], 0
         for call in calls:
-            pending.append((rest, start, start + len(call)))
+            handles.append([(rest, start + i) for i in range(len(call))])
             start += len(call)
-        return pending
+        return handles
 
     async def __call__(self, items: list[In]) -> list[Out]:
-        """The items' outputs once their batch has run; raises `Overloaded` if shed."""
-        rest, start, end = await self._call(items)
-        outputs = await asyncio.shield(rest)  # shared: a caller's cancel must not cancel it
-        return outputs[start:end]
+        """The items' outputs once their batches have run; raises `Overloaded` if shed."""
+        handles = await self._call(items)
+        for future in dict.fromkeys(future for future, _ in handles):  # one or two batches
+            await asyncio.shield(future)  # shared: a caller's cancel must not cancel it
+        return [future.result()[index] for future, index in handles]
 
     def shutdown(self) -> None:
         """Stop dispatching; calls still waiting are shed (`Overloaded`)."""

@@ -89,7 +89,7 @@ def tag() -> str:
 
 @pytest.fixture(scope="session")
 def client(tag):
-    """BentoML's ASGI app of the API service, in-process (one per test session)."""
+    """BentoML's ASGI app of the service, in-process (one per test session)."""
     from starlette.testclient import TestClient
 
     os.environ.update({"UQSERVE_MODEL": tag, **SERVICE_LIMITS})

@@ -1,6 +1,7 @@
-"""`make bench` as a user runs it, shortened: the in-process table, then the built bento
-under Locust with every answer checked. Relative output paths, as the Makefile passes them,
-so a path resolved against the wrong folder fails here and not in a user's hands."""
+"""`make bench` as a user runs it, shortened: the in-process table, the built bento
+under Locust with every answer checked, then uqserve against the plain peer service.
+Relative output paths, as the Makefile passes them, so a path resolved against the
+wrong folder fails here and not in a user's hands."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ def test_make_bench_runs_on_a_short_budget_with_no_failed_request(tag, bento, tm
         "BENCH_ARGS=--size 32 --samples 2 --batches 1 2 --repeats 1 --naive-passes 1 "
         "--base-weights none",
         "USERS=4", "SPAWN_RATE=4", "DURATION=15s", "LOADTEST_ARGS=--inprocess-seconds 3",
+        "PEER_ARGS=--users 2 --duration 5s --warmup 2s --rounds 1",
     ]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -44,3 +46,13 @@ def test_make_bench_runs_on_a_short_budget_with_no_failed_request(tag, bento, tm
     assert summary["cpu_cores"]["service"] > 0
     assert 0 < summary["inprocess_cpu_cores"] <= summary["cpu_cores"]["machine"] + 0.5
     assert (served / "locust_stats.csv").is_file() and (served / "report.html").is_file()
+
+    peer = json.loads((ROOT / output / "peer" / "summary.json").read_text())
+    assert [r["run"] for r in peer["runs"]] == ["1-uqserve", "1-peer"]
+    for run in peer["runs"]:
+        assert run["failures"] == 0 and run["exit_code"] == 0, run
+        assert run["requests"] > 0 and run["images_per_batch"] >= 1.0, run
+        assert run["p50_ms"] <= run["p99_ms"]
+    assert peer["samples"] == 100
+    assert peer["uqserve_over_peer"] == peer["uqserve_images_per_s"] / peer["peer_images_per_s"]
+    assert peer["weights"]["unchanged"] is True

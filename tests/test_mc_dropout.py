@@ -153,6 +153,34 @@ def test_sample_each_gives_each_image_its_own_count(model, images):
         np.testing.assert_allclose(draws[i], alone, atol=1e-5)
 
 
+def test_chunked_calls_answer_as_one_call_does(model, images, monkeypatch):
+    """Images split into several compiled calls (batch size, then the suffix's value
+    budget) get exactly the draws, embeddings and hidden rows of one call."""
+    from models import mc_dropout
+
+    counts = [4, 1, 6, 2, 3, 5]
+    seeds = [(2, i) for i in range(len(images))]
+    whole = MCDropoutPredictor(model).sample_each(images, counts, seeds)
+    width = int(np.prod(whole[2].shape[1:]))
+    monkeypatch.setattr(mc_dropout, "SUFFIX_VALUES", 6 * width)  # at most 6 samples a call
+    for predictor in (MCDropoutPredictor(model), MCDropoutPredictor(model, batch_size=2)):
+        assert predictor._chunks(counts) != [(0, len(counts))]
+        draws, embeddings, hidden = predictor.sample_each(images, counts, seeds)
+        for got, want in zip(draws, whole[0], strict=True):
+            np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(embeddings, whole[1])
+        np.testing.assert_array_equal(hidden, whole[2])
+
+
+def test_the_sampled_call_draws_what_the_suffix_alone_draws(model, images):
+    """The one-call path (`sample`) and the suffix on cached hidden rows
+    (`sample_from_hidden`, for `uqserve compare`) draw the same masks from the same streams."""
+    predictor = MCDropoutPredictor(model)
+    rngs = [np.random.default_rng([5, i]) for i in range(len(images))]
+    from_hidden = predictor.sample_from_hidden(predictor.hidden(images), 7, rngs)
+    np.testing.assert_allclose(predictor.sample(images, 7, seed=5), from_hidden, atol=1e-6)
+
+
 def test_predict_equals_the_keras_model_in_inference_mode(images):
     """The compiled prefix plus the suffix give `model(x, training=False)`, BN included."""
     model = tiny_model()

@@ -25,7 +25,7 @@ SERVED = {"requests": 100, "failures": 0}
 
 
 def run(seconds: int, model_mib, api_mib: float = 300.0, interval: int = 5) -> list:
-    """Synthetic samples every `interval` s: a service worker, an API worker and the arbiter.
+    """Synthetic samples every `interval` s: a service worker, another role and the arbiter.
 
     `model_mib` maps the elapsed seconds to the service worker's MiB.
     """

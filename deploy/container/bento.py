@@ -51,7 +51,7 @@ def bento_info(bento: str) -> dict:
 
 
 def bento_model(info: dict) -> str:
-    """The one model tag the bento's services hold (UQSERVE_MODEL in the container)."""
+    """The one model tag the bento's service holds (UQSERVE_MODEL in the container)."""
     tags = {model["tag"] for service in info["services"] for model in service["models"]}
     if len(tags) != 1:
         raise ContainerError(f"expected the bento to hold one model, found {sorted(tags)}")

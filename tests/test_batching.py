@@ -1,0 +1,125 @@
+"""`service.batching.Batcher`: BentoML's dispatcher inside the service process.
+
+Concurrent calls share batches, each gets exactly its own items' outputs in
+order, a call larger than the room left is split across batches, `then`
+overlaps the next batch's `first`, errors reach every caller of the batch,
+and shutdown sheds what waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from service.batching import Batcher, Overloaded
+
+
+def _recording(max_batch_size: int = 8):
+    batches: list[list[int]] = []
+
+    def first(items: list[int]) -> list[int]:
+        batches.append(list(items))
+        return [10 * item for item in items]
+
+    def then(items: list[int], middle: list[int]) -> list[int]:
+        return [m + item for item, m in zip(items, middle, strict=True)]  # 11 * item
+
+    return Batcher(first, then, max_batch_size, max_latency_ms=10_000), batches
+
+
+def test_concurrent_calls_share_batches_and_get_their_own_outputs():
+    async def main() -> tuple[list[list[int]], list[list[int]]]:
+        batcher, batches = _recording()
+        calls = [[100 * c + i for i in range(1 + c % 3)] for c in range(12)]
+        outputs = await asyncio.gather(*(batcher(call) for call in calls))
+        batcher.shutdown()
+        return calls, outputs, batches
+
+    calls, outputs, batches = asyncio.run(main())
+    for call, output in zip(calls, outputs, strict=True):
+        assert output == [11 * item for item in call]
+    assert sorted(i for batch in batches for i in batch) == sorted(i for c in calls for i in c)
+    assert len(batches) < len(calls)  # some batch held several calls
+    assert max(len(batch) for batch in batches) <= 8
+
+
+def test_a_call_larger_than_the_room_left_is_split_and_joined_back():
+    async def main():
+        batcher, batches = _recording(max_batch_size=3)
+        outputs = await asyncio.gather(batcher([1, 2]), batcher([3, 4, 5, 6, 7]))
+        batcher.shutdown()
+        return outputs, batches
+
+    outputs, batches = asyncio.run(main())
+    assert outputs == [[11, 22], [33, 44, 55, 66, 77]]
+    assert all(len(batch) <= 3 for batch in batches)
+    assert len(batches) >= 3
+
+
+def test_then_overlaps_the_next_batchs_first():
+    """While batch 1's `then` is blocked, batch 2's `first` still runs."""
+    second_first_ran = threading.Event()
+
+    def first(items: list[int]) -> list[int]:
+        if 2 in items:
+            second_first_ran.set()
+        return items
+
+    def then(items: list[int], middle: list[int]) -> list[int]:
+        if 1 in items:
+            assert second_first_ran.wait(10), "batch 2 waited for batch 1's `then`"
+        return middle
+
+    async def main():
+        batcher = Batcher(first, then, max_batch_size=1, max_latency_ms=10_000)
+        outputs = await asyncio.gather(batcher([1]), batcher([2]))
+        batcher.shutdown()
+        return outputs
+
+    assert asyncio.run(main()) == [[1], [2]]
+
+
+def test_an_error_reaches_every_caller_of_its_batch_and_the_next_batch_runs():
+    def first(items: list[int]) -> list[int]:
+        if -1 in items:
+            raise ValueError("bad item")
+        return items
+
+    async def main():
+        batcher = Batcher(first, lambda items, middle: middle, 8, 10_000)
+        results = await asyncio.gather(batcher([-1]), return_exceptions=True)
+        after = await batcher([5])
+        batcher.shutdown()
+        return results, after
+
+    results, after = asyncio.run(main())
+    assert isinstance(results[0], ValueError) and "bad item" in str(results[0])
+    assert after == [5]
+
+
+def test_past_the_latency_budget_a_call_is_shed_with_overloaded():
+    """One slow batch holds the slot; calls queued behind it past the budget are shed."""
+    release = threading.Event()
+
+    def first(items: list[int]) -> list[int]:
+        if 0 in items:
+            release.wait(10)
+        return items
+
+    async def main():
+        batcher = Batcher(first, lambda items, middle: middle, 1, max_latency_ms=50)
+        slow = asyncio.ensure_future(batcher([0]))
+        await asyncio.sleep(0.05)
+        queued = [asyncio.ensure_future(batcher([i])) for i in range(1, 6)]
+        await asyncio.sleep(0.5)
+        release.set()
+        results = await asyncio.gather(slow, *queued, return_exceptions=True)
+        batcher.shutdown()
+        return results
+
+    results = asyncio.run(main())
+    assert results[0] == [0]
+    shed = [r for r in results[1:] if isinstance(r, Overloaded)]
+    assert shed, results
+    for index, result in enumerate(results[1:], start=1):
+        assert isinstance(result, Overloaded) or result == [index]
