@@ -24,6 +24,7 @@ import statistics
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,12 +180,22 @@ def bench(targets: list[Target], args: argparse.Namespace) -> tuple[list[dict], 
 
 
 def inprocess(model: str, base_dtype: str, batch: int, repeats: int) -> dict[str, float]:
-    """Milliseconds per batch of `batch` payload PNGs, whole answer, in this process: each
-    side's own code, no HTTP (best of `repeats` after a warm-up call).
+    """Milliseconds per batch of `batch` payload PNGs in this process, no HTTP, best of
+    `repeats` after a warm-up call: each side's whole answer, then its parts.
 
     uqserve: decode, compiled preprocessing, T=PEER_SAMPLES samples and the OOD
     score (`sample_and_score`), the answers. The peer: PIL, `classify`.
     """
+    from load_tests.bench import best_time
+
+    calls = inprocess_calls(model, base_dtype, batch)
+    times = {name: 1e3 * best_time(call, repeats) for name, call in calls.items()}
+    return {"batch": batch, **times,
+            "uqserve_over_peer_time": times["uqserve_ms"] / times["peer_ms"]}  # fmt: skip
+
+
+def inprocess_calls(model: str, base_dtype: str, batch: int) -> dict[str, Callable[[], object]]:
+    """The calls `inprocess` times, by name, on the model and payloads, warmed up."""
     import io
 
     import keras
@@ -192,10 +203,9 @@ def inprocess(model: str, base_dtype: str, batch: int, repeats: int) -> dict[str
 
     from adapters.images import decode_image
     from adapters.model_store import StoredModel
-    from load_tests.bench import best_time
     from load_tests.payloads import make_payloads
     from load_tests.peer_service import classify
-    from models.answer import build_answers, sample_and_score
+    from models.answer import build_answers, ood_scores
     from models.density import limit_blas_threads
     from models.preprocessing import Preprocessor
 
@@ -204,25 +214,30 @@ def inprocess(model: str, base_dtype: str, batch: int, repeats: int) -> dict[str
     predictor, density = stored.predictor(base_dtype), stored.density()
     preprocess = Preprocessor(stored.card.model.preprocessing)
     network = keras.saving.load_model(stored.model_file)
-    size = tuple(reversed(network.input_shape[1:3]))
     blobs = [path.read_bytes() for path in make_payloads()]
     blobs = (blobs * (batch // len(blobs) + 1))[:batch]
-    streams = [(0, i) for i in range(batch)]
-
-    def uqserve() -> None:
-        images = preprocess([decode_image(blob, "payload") for blob in blobs])
-        samples = [PEER_SAMPLES] * batch
-        draws, scores = sample_and_score(predictor, density, images, samples, streams)
-        build_answers(np.stack(draws), scores, stored.card)  # draws: (B, T, C)
-
-    def peer() -> None:
-        classify(network, size, [Image.open(io.BytesIO(blob)) for blob in blobs])
-
     predictor.warm_up(stored.card.input_shape)
     preprocess.warm_up()
-    ours, theirs = 1e3 * best_time(uqserve, repeats), 1e3 * best_time(peer, repeats)
-    return {"batch": batch, "uqserve_ms": ours, "peer_ms": theirs,
-            "uqserve_over_peer_time": ours / theirs}  # fmt: skip
+    images = preprocess([decode_image(blob, "payload") for blob in blobs])
+    streams, samples = [(0, i) for i in range(batch)], [PEER_SAMPLES] * batch
+    draws, embeddings, hidden = predictor.sample_each(images, samples, streams)
+    scores = ood_scores(density, embeddings, hidden)
+
+    def uqserve() -> None:  # as `service.jobs` runs a batch
+        x = preprocess([decode_image(blob, "payload") for blob in blobs])
+        sampled = predictor.sample_each(x, samples, streams)
+        build_answers(np.stack(sampled[0]), ood_scores(density, *sampled[1:]), stored.card)
+
+    size = tuple(reversed(network.input_shape[1:3]))
+    return {
+        "uqserve_ms": uqserve,
+        "peer_ms": lambda: classify(network, size, [Image.open(io.BytesIO(b)) for b in blobs]),
+        "uqserve_decode_preprocess_ms": lambda: preprocess([decode_image(b, "-") for b in blobs]),
+        "uqserve_sample_ms": lambda: predictor.sample_each(images, samples, streams),
+        "uqserve_ood_score_ms": lambda: ood_scores(density, embeddings, hidden),
+        "uqserve_answers_ms": lambda: build_answers(np.stack(draws), scores, stored.card),
+        "peer_predict_on_batch_ms": lambda: network.predict_on_batch(images),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{format_runs(runs)}\n\nuqserve (T={PEER_SAMPLES}) / peer (deterministic): "
           f"{summary['uqserve_over_peer']:.2f} images/s")  # fmt: skip
     if "inprocess" in summary:
-        print(f"in-process, batch of {args.inprocess_batch}, ms: {summary['inprocess']}")
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in summary["inprocess"].items())
+        print(f"in-process: {parts}")
     failed = any(r["failures"] or r["exit_code"] for r in runs)
     if not weights["unchanged"]:
         print("peer bench: uqserve's weights changed under load", file=sys.stderr)

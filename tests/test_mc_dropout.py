@@ -200,6 +200,18 @@ def test_after_warm_up_no_batch_size_traces_the_graph_again(model, images):
     assert compiled.experimental_get_tracing_count() == traced
 
 
+def test_after_warm_up_no_batch_or_sample_count_traces_the_sampled_call_again(model, images):
+    """The service's one call per batch: images, rows and masks of any size."""
+    predictor = MCDropoutPredictor(model)
+    predictor.warm_up(tuple(images.shape[1:]))
+    compiled = predictor._fused.predict_function
+    traced = compiled.experimental_get_tracing_count()
+    for batch, counts in ((3, [5, 1, 7]), (5, [30] * 5), (6, [1, 2, 3, 4, 5, 100])):
+        predictor.sample_each(images[:batch], counts, [(0, i) for i in range(batch)])
+    assert predictor._fused.predict_function is compiled
+    assert compiled.experimental_get_tracing_count() == traced
+
+
 def test_a_bfloat16_base_stays_close_to_float32_and_leaves_the_model_alone(model, images):
     weights = [w.copy() for w in model.get_weights()]
     exact, low = MCDropoutPredictor(model), MCDropoutPredictor(model, base_dtype="bfloat16")
