@@ -5,12 +5,16 @@ The model is split at its first Dropout layer:
     prefix = frozen base + head layers before the first Dropout   (runs on B images)
     suffix = the first Dropout and everything after it            (runs on B*T rows)
 
-The prefix runs as one compiled Keras model (`predict_on_batch`: a traced
-graph; on the CPU, at 64x64, 1.3x faster than layer-by-layer eager calls at
-batch 16 and 2x at batch 1). Its output is repeated T times and only the
-suffix is sampled. Every layer is called with `training=False`
-(BatchNormalization uses its moving statistics and never updates them);
-dropout is applied by multiplying with masks drawn here. Each image draws its
+Sampling is one compiled Keras model per call (`predict_on_batch`: a traced
+graph; on the CPU, at 64x64, the prefix alone is 1.3x faster than
+layer-by-layer eager calls at batch 16 and 2x at batch 1): the prefix on the
+B images, each image's output taken T times (a gather inside the graph), the
+suffix on the B*T rows with the dropout masks as inputs. The prefix and the
+suffix are also compiled apart, for deterministic features (`forward`) and
+for callers holding the prefix's output (`sample_from_hidden`). Every layer
+is called with `training=False` (BatchNormalization uses its moving
+statistics and never updates them); dropout is applied by multiplying with
+masks drawn here. Each image draws its
 masks from its own random stream, so an image's samples never depend on the
 other images in its batch, and a seed makes a call reproducible.
 
