@@ -21,6 +21,7 @@ import csv
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 import urllib.request
@@ -123,7 +124,9 @@ def measure(target: Target, args: argparse.Namespace, duration: str, name: str) 
             "cpu_cores": cores}  # fmt: skip
 
 
-def start(target: str, name: str, args: argparse.Namespace) -> tuple[Target, object]:
+def start(
+    target: str, name: str, args: argparse.Namespace
+) -> tuple[Target, tuple[subprocess.Popen, Path]]:
     """Serve `target` from the project root on a free port -> (Target, its process)."""
     port = processes.free_port()
     log = args.output / f"{name}.log"
@@ -205,7 +208,7 @@ def inprocess_calls(model: str, base_dtype: str, batch: int) -> dict[str, Callab
     from adapters.model_store import StoredModel
     from load_tests.payloads import make_payloads
     from load_tests.peer_service import classify
-    from models.answer import build_answers, ood_scores
+    from models.answer import build_answers, density_scores, sample_and_score
     from models.density import limit_blas_threads
     from models.preprocessing import Preprocessor
 
@@ -221,12 +224,12 @@ def inprocess_calls(model: str, base_dtype: str, batch: int) -> dict[str, Callab
     images = preprocess([decode_image(blob, "payload") for blob in blobs])
     streams, samples = [(0, i) for i in range(batch)], [PEER_SAMPLES] * batch
     draws, embeddings, hidden = predictor.sample_each(images, samples, streams)
-    scores = ood_scores(density, embeddings, hidden)
+    scores = density_scores(density, embeddings, hidden)
 
-    def uqserve() -> None:  # as `service.jobs` runs a batch
+    def uqserve() -> None:
         x = preprocess([decode_image(blob, "payload") for blob in blobs])
-        sampled = predictor.sample_each(x, samples, streams)
-        build_answers(np.stack(sampled[0]), ood_scores(density, *sampled[1:]), stored.card)
+        drawn, ood = sample_and_score(predictor, density, x, samples, streams)
+        build_answers(np.stack(drawn), ood, stored.card)  # (B, T, C)
 
     size = tuple(reversed(network.input_shape[1:3]))
     return {
@@ -234,7 +237,7 @@ def inprocess_calls(model: str, base_dtype: str, batch: int) -> dict[str, Callab
         "peer_ms": lambda: classify(network, size, [Image.open(io.BytesIO(b)) for b in blobs]),
         "uqserve_decode_preprocess_ms": lambda: preprocess([decode_image(b, "-") for b in blobs]),
         "uqserve_sample_ms": lambda: predictor.sample_each(images, samples, streams),
-        "uqserve_ood_score_ms": lambda: ood_scores(density, embeddings, hidden),
+        "uqserve_ood_score_ms": lambda: density_scores(density, embeddings, hidden),
         "uqserve_answers_ms": lambda: build_answers(np.stack(draws), scores, stored.card),
         "peer_predict_on_batch_ms": lambda: network.predict_on_batch(images),
     }

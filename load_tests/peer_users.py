@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 
 from locust import FastHttpUser, task
+from locust.contrib.fasthttp import ResponseContextManager
 
 # Importing locustfile also registers its listener: Locust exits non-zero if a request failed.
 from load_tests.locustfile import FILES, check
@@ -48,7 +49,7 @@ class PeerUser(FastHttpUser):
             check_rows(response)
 
 
-def check_rows(response) -> None:
+def check_rows(response: ResponseContextManager) -> None:
     """Fail the response unless it is one row of probabilities summing to 1."""
     if response.status_code != 200:
         response.failure(f"status {response.status_code}: {response.text[:200]}")

@@ -107,10 +107,12 @@ def sample_and_score(
     comes from the same pass's embeddings, at no extra cost.
     """
     draws, embeddings, hidden = predictor.sample_each(images, samples, streams)  # [(T_i, C)], ...
-    return draws, ood_scores(density, embeddings, hidden)
+    return draws, density_scores(density, embeddings, hidden)
 
 
-def ood_scores(density: OODScore | None, embeddings: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+def density_scores(
+    density: OODScore | None, embeddings: np.ndarray, hidden: np.ndarray
+) -> np.ndarray:
     """The OOD scores (B,) of `sample_each`'s embeddings and hidden rows; NaN without a
     density. float32, as the service serves them, so every caller rounds alike."""
     if density is None:

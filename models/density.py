@@ -36,9 +36,9 @@ def limit_blas_threads(threads: int = 1) -> None:
     """Set every loaded BLAS library (OpenBLAS, MKL, ...) to `threads` threads, process-wide.
 
     A serving process calls this once at start-up, not around each call:
-    the density's products are small, and OpenBLAS's idle threads spin for a
-    while after each one, taking cores from TensorFlow (17 % of the model
-    service's CPU under load, measured with perf). A limit set and restored
+    NumPy's products there are small, and OpenBLAS's idle threads spin for a
+    while after each one, taking cores from TensorFlow (17 % of a serving
+    process's CPU under load, measured with perf). A limit set and restored
     around every call changes the same process-wide setting, so two calls
     overlapping in different threads can leave the process at one thread for good.
     TensorFlow does not use these libraries, so its own thread pools are unaffected.

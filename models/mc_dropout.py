@@ -57,7 +57,8 @@ from models.temperature import check_temperature, temper
 
 # Most values of the repeated (b*T, ...) suffix input in one call: 16 MiB of
 # float32. Fewer, larger calls pay Keras' per-call cost once (at T=100 on the
-# default head, 163 images per call).
+# default head: `sample_from_hidden` takes 163 images a call, the one-call
+# path its `batch_size`).
 SUFFIX_VALUES = 2**22
 
 
@@ -179,8 +180,8 @@ class MCDropoutPredictor:
         self._base_copy = None if base is get_base(model) else base
         self._extractor = _extractor(base, layers[:split])
         self._prefix = layers[:split]  # head layers before the first Dropout
-        self._suffix = layers[split:]
-        self._sampler, self._dropouts = _sampler(self._suffix, self._extractor.outputs[1].shape)
+        suffix = layers[split:]  # the first Dropout and everything after it
+        self._sampler, self._dropouts = _sampler(suffix, self._extractor.outputs[1].shape)
         self._fused = _fused(self._extractor, self._sampler, self._dropouts)
 
     @property
@@ -456,7 +457,7 @@ def _dropout_masks(
     Image i's T_i masks (`samples`: one T for all, or one per image) are the
     next T_i*prod(shape) uniforms of its own stream, written in place.
     """
-    counts = [samples] * len(rngs) if isinstance(samples, int) else list(samples)
+    counts = [int(samples)] * len(rngs) if isinstance(samples, numbers.Integral) else list(samples)
     masks = np.empty((sum(counts), *shape), dtype=np.float32)
     if rate == 0.0:
         masks.fill(1.0)

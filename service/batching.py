@@ -14,9 +14,11 @@ own items' outputs back in order. A call it cannot run within the latency
 budget is shed: it raises `Overloaded` (the service answers 503).
 
 A batch runs in two steps, each in a worker thread. `first` holds the
-dispatcher's one batch slot (the deterministic part, the costly one);
-`then` runs after the slot is freed (the sampled suffix and the scores), so
-it overlaps the next batch's `first` instead of delaying it.
+dispatcher's one batch slot (the service: preprocessing and the sampling
+call, the costly part); `then` runs after the slot is freed (the service:
+the OOD scores), so it overlaps the next batch's `first` instead of
+delaying it. A cancelled call (a timeout, a client gone) stays cancelled;
+after `shutdown` every call is shed at once.
 """
 
 from __future__ import annotations
@@ -43,6 +45,12 @@ def _shed() -> NoReturn:
     raise Overloaded("not batched within the latency budget")
 
 
+def _retrieve(future: asyncio.Future) -> None:
+    """Mark a finished batch step's error as seen (each caller still gets it)."""
+    if not future.cancelled():
+        future.exception()
+
+
 class Batcher(Generic[In, Mid, Out]):
     """`await batcher(items)` -> their outputs: `then(batch, first(batch))`, batched.
 
@@ -67,6 +75,7 @@ class Batcher(Generic[In, Mid, Out]):
             get_batch_size=len,
         )
         self._call = self._dispatcher(self._run)
+        self._closed = False
 
     async def _run(self, calls: Sequence[list[In]]) -> list[list[Handle]]:
         """One batch: `first` in the slot; `then` scheduled to run after it is freed.
@@ -79,6 +88,7 @@ class Batcher(Generic[In, Mid, Out]):
             self._on_batch(len(calls), len(items))
         middle = await anyio.to_thread.run_sync(self._first, items)
         rest = asyncio.ensure_future(anyio.to_thread.run_sync(self._then, items, middle))
+        rest.add_done_callback(_retrieve)  # its callers may all be gone: no unread error
         handles, start = [], 0
         for call in calls:
             handles.append([(rest, start + i) for i in range(len(call))])
@@ -87,11 +97,20 @@ class Batcher(Generic[In, Mid, Out]):
 
     async def __call__(self, items: list[In]) -> list[Out]:
         """The items' outputs once their batches have run; raises `Overloaded` if shed."""
-        handles = await self._call(items)
+        if self._closed:
+            _shed()
+        try:
+            handles = await self._call(items)
+        except Overloaded:
+            task = asyncio.current_task()
+            if task is not None and getattr(task, "cancelling", lambda: 0)():
+                raise asyncio.CancelledError from None  # cancelled, not shed: 504, not 503
+            raise
         for future in dict.fromkeys(future for future, _ in handles):  # one or two batches
             await asyncio.shield(future)  # shared: a caller's cancel must not cancel it
         return [future.result()[index] for future, index in handles]
 
     def shutdown(self) -> None:
-        """Stop dispatching; calls still waiting are shed (`Overloaded`)."""
+        """Stop dispatching; calls still waiting and every later call are shed (`Overloaded`)."""
+        self._closed = True
         self._dispatcher.shutdown()

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.answer import ood_scores
+from models.answer import density_scores
 from models.density import OODScore
 from models.mc_dropout import MCDropoutPredictor
 from models.preprocessing import Preprocessor
@@ -75,7 +75,7 @@ def sample_jobs(
 
 def answer_jobs(density: OODScore | None, sampled: Sampled) -> list[ImageAnswer]:
     """The OOD scores -> one `ImageAnswer` per job, in order."""
-    scores = ood_scores(density, sampled.embeddings, sampled.hidden)  # (N,)
+    scores = density_scores(density, sampled.embeddings, sampled.hidden)  # (N,)
     return [ImageAnswer(d, s) for d, s in zip(sampled.draws, scores, strict=True)]
 
 

@@ -6,9 +6,9 @@ dispatcher). A thin shell over `models/` and `adapters/`: the answers are
 built by `models.answer`, exactly as `uqserve predict` builds them.
 
 The endpoints are async and the event loop never blocks: reading and
-decoding run in a worker thread (`anyio.to_thread`), and each batch runs in
-one (`service.jobs.answer_jobs`: preprocessing, the deterministic part once,
-the sampled suffix, the OOD score).
+decoding run in a worker thread (`anyio.to_thread`), and so does each batch
+(`service.jobs`: preprocessing and one compiled sampling call in the batch
+slot, then the OOD score while the next batch runs).
 
     bentoml serve service.service:ApiService      # from source
     bentoml serve uqserve:latest                  # from a built bento
@@ -88,7 +88,7 @@ class ApiService:
         self.preprocess = Preprocessor(self.card.model.preprocessing)  # compiled
         self.loaded_digest = weights_digest(*self.predictor.served_models)
         self.batch: Batcher[jobs.ImageJob, jobs.Sampled, jobs.ImageAnswer] = Batcher(
-            self._forward, self._score, SETTINGS.max_batch_size, SETTINGS.max_latency_ms,
+            self._sample, self._score, SETTINGS.max_batch_size, SETTINGS.max_latency_ms,
             observe.batch,
         )  # fmt: skip
 
@@ -98,13 +98,14 @@ class ApiService:
         self.preprocess.warm_up()
         self.predictor.warm_up(self.card.input_shape)
         batch = jobs.request_jobs([np.zeros((8, 8), np.uint8)], seed=0, samples=2)
-        self._score(batch, self._forward(batch))
+        self._score(batch, self._sample(batch))
 
     @bentoml.on_shutdown
     def stop_batching(self) -> None:
+        """Stop the dispatcher's loop when the worker shuts down."""
         self.batch.shutdown()
 
-    def _forward(self, batch: list[jobs.ImageJob]) -> jobs.Sampled:
+    def _sample(self, batch: list[jobs.ImageJob]) -> jobs.Sampled:
         """A batch's samples (blocking: a worker thread, in the batch slot)."""
         return jobs.sample_jobs(self.preprocess, self.predictor, batch)
 

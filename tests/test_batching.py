@@ -3,13 +3,16 @@
 Concurrent calls share batches, each gets exactly its own items' outputs in
 order, a call larger than the room left is split across batches, `then`
 overlaps the next batch's `first`, errors reach every caller of the batch,
-and shutdown sheds what waits.
+a cancelled call stays cancelled, past the budget or after shutdown calls
+are shed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+
+import pytest
 
 from service.batching import Batcher, Overloaded
 
@@ -80,21 +83,82 @@ def test_then_overlaps_the_next_batchs_first():
 
 
 def test_an_error_reaches_every_caller_of_its_batch_and_the_next_batch_runs():
+    release = threading.Event()
+
     def first(items: list[int]) -> list[int]:
+        if 0 in items:
+            release.wait(10)  # holds the slot while the next two calls queue up together
         if -1 in items:
             raise ValueError("bad item")
         return items
 
     async def main():
         batcher = Batcher(first, lambda items, middle: middle, 8, 10_000)
-        results = await asyncio.gather(batcher([-1]), return_exceptions=True)
+        holder = asyncio.ensure_future(batcher([0]))
+        await asyncio.sleep(0.05)
+        pair = [asyncio.ensure_future(batcher([-1])), asyncio.ensure_future(batcher([7]))]
+        await asyncio.sleep(0.05)
+        release.set()
+        results = await asyncio.gather(holder, *pair, return_exceptions=True)
         after = await batcher([5])
         batcher.shutdown()
         return results, after
 
-    results, after = asyncio.run(main())
-    assert isinstance(results[0], ValueError) and "bad item" in str(results[0])
+    (held, bad, neighbour), after = asyncio.run(main())
+    assert held == [0]
+    for result in (bad, neighbour):  # the same batch: both get the error
+        assert isinstance(result, ValueError) and "bad item" in str(result)
     assert after == [5]
+
+
+def test_an_error_in_then_reaches_the_caller():
+    def then(items: list[int], middle: list[int]) -> list[int]:
+        raise RuntimeError("density failed")
+
+    async def main():
+        batcher = Batcher(lambda items: items, then, 8, 10_000)
+        results = await asyncio.gather(batcher([1]), return_exceptions=True)
+        batcher.shutdown()
+        return results
+
+    [result] = asyncio.run(main())
+    assert isinstance(result, RuntimeError) and "density failed" in str(result)
+
+
+def test_a_cancelled_call_stays_cancelled_and_the_others_are_answered():
+    release = threading.Event()
+
+    def first(items: list[int]) -> list[int]:
+        if 0 in items:
+            release.wait(10)
+        return items
+
+    async def main():
+        batcher = Batcher(first, lambda items, middle: middle, 8, 10_000)
+        holder = asyncio.ensure_future(batcher([0]))
+        await asyncio.sleep(0.05)
+        doomed, kept = asyncio.ensure_future(batcher([1])), asyncio.ensure_future(batcher([2]))
+        await asyncio.sleep(0.05)
+        doomed.cancel()
+        release.set()
+        results = await asyncio.gather(holder, doomed, kept, return_exceptions=True)
+        batcher.shutdown()
+        return results
+
+    held, doomed, kept = asyncio.run(main())
+    assert held == [0] and kept == [2]
+    assert isinstance(doomed, asyncio.CancelledError)  # not Overloaded: no 503 for a 504
+
+
+def test_after_shutdown_every_call_is_shed_at_once():
+    async def main():
+        batcher, _ = _recording()
+        assert await batcher([1]) == [11]
+        batcher.shutdown()
+        return await asyncio.wait_for(batcher([2]), timeout=5)
+
+    with pytest.raises(Overloaded):
+        asyncio.run(main())
 
 
 def test_past_the_latency_budget_a_call_is_shed_with_overloaded():
