@@ -99,9 +99,12 @@ def locust_row(output: Path) -> dict[str, float]:
     """Requests, failures and latency percentiles (ms) of a run, from Locust's stats CSV."""
     with open(output / "locust_stats.csv") as handle:
         row = next(r for r in csv.DictReader(handle) if r["Name"] == "Aggregated")
+
+    def ms(column: str) -> float:  # Locust writes N/A when a run had no request
+        return float("nan") if row[column] == "N/A" else float(row[column])
+
     return {"requests": int(row["Request Count"]), "failures": int(row["Failure Count"]),
-            "p50_ms": float(row["50%"]), "p95_ms": float(row["95%"]),
-            "p99_ms": float(row["99%"])}  # fmt: skip
+            "p50_ms": ms("50%"), "p95_ms": ms("95%"), "p99_ms": ms("99%")}  # fmt: skip
 
 
 def measure(target: Target, args: argparse.Namespace, duration: str, name: str) -> dict:
