@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -28,6 +29,17 @@ def _recording(max_batch_size: int = 8):
         return [m + item for item, m in zip(items, middle, strict=True)]  # 11 * item
 
     return Batcher(first, then, max_batch_size, max_latency_ms=10_000), batches
+
+
+def _holding(release: threading.Event) -> Callable[[list[int]], list[int]]:
+    """A `first` that holds the batch slot on item 0 until `release` is set."""
+
+    def first(items: list[int]) -> list[int]:
+        if 0 in items:
+            release.wait(10)
+        return items
+
+    return first
 
 
 def test_concurrent_calls_share_batches_and_get_their_own_outputs():
@@ -84,13 +96,12 @@ def test_then_overlaps_the_next_batchs_first():
 
 def test_an_error_reaches_every_caller_of_its_batch_and_the_next_batch_runs():
     release = threading.Event()
+    hold = _holding(release)  # item 0 holds the slot while the next two calls queue up together
 
     def first(items: list[int]) -> list[int]:
-        if 0 in items:
-            release.wait(10)  # holds the slot while the next two calls queue up together
         if -1 in items:
             raise ValueError("bad item")
-        return items
+        return hold(items)
 
     async def main():
         batcher = Batcher(first, lambda items, middle: middle, 8, 10_000)
@@ -127,11 +138,7 @@ def test_an_error_in_then_reaches_the_caller():
 
 def test_a_cancelled_call_stays_cancelled_and_the_others_are_answered():
     release = threading.Event()
-
-    def first(items: list[int]) -> list[int]:
-        if 0 in items:
-            release.wait(10)
-        return items
+    first = _holding(release)
 
     async def main():
         batcher = Batcher(first, lambda items, middle: middle, 8, 10_000)
@@ -164,11 +171,7 @@ def test_after_shutdown_every_call_is_shed_at_once():
 def test_past_the_latency_budget_a_call_is_shed_with_overloaded():
     """One slow batch holds the slot; calls queued behind it past the budget are shed."""
     release = threading.Event()
-
-    def first(items: list[int]) -> list[int]:
-        if 0 in items:
-            release.wait(10)
-        return items
+    first = _holding(release)
 
     async def main():
         batcher = Batcher(first, lambda items, middle: middle, 1, max_latency_ms=50)
