@@ -19,8 +19,10 @@ BENCH_ARGS ?=
 PEER_ARGS ?=
 LOADTEST_ARGS ?=
 BENCH_OUTPUT ?= reports/bench
+JAX_TESTS ?= tests/test_mc_dropout.py tests/test_preprocessing.py tests/test_uncertainty.py \
+	tests/test_density.py
 
-.PHONY: install train model serve bento container container-test loadtest bench precision soak test lint format clean
+.PHONY: install train model serve bento container container-test loadtest bench precision soak test test-jax lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,7 +42,7 @@ model: $(STAMP) ## train the default model unless the store already has $(MODEL)
 serve: model ## serve the model on port $(PORT) (from source)
 	UQSERVE_MODEL=$(MODEL) $(BIN)/bentoml serve service.service:ApiService --port $(PORT)
 
-bento: model ## build the bento (no Docker needed); GPU variant: make bento BENTOFILE=bentofile.gpu.yaml
+bento: model ## build the bento (no Docker needed); GPU: BENTOFILE=bentofile.gpu.yaml (TensorFlow) or bentofile.jax-gpu.yaml
 	UQSERVE_MODEL=$(MODEL) $(BIN)/bentoml build -f $(or $(BENTOFILE),bentofile.yaml) .
 
 container: model ## the bento's image <name>:<version> + :latest (Docker, else buildah); GPU: BENTOFILE=bentofile.gpu.yaml
@@ -76,9 +78,13 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: $(STAMP) ## lint, then the whole test suite
+test: $(STAMP) ## lint, the whole test suite on TensorFlow, then the model's tests on JAX
 	$(MAKE) lint
 	$(BIN)/python -m pytest $(ARGS)
+	$(MAKE) test-jax
+
+test-jax: $(STAMP) ## the predictor, preprocessing, uncertainty and density tests on Keras' JAX backend
+	UQSERVE_KERAS_BACKEND=jax $(BIN)/python -m pytest $(JAX_TESTS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -87,10 +87,14 @@ class StoredModel:
         """The Keras model, loaded in safe mode."""
         return load_network(self.model_file, self.tag)
 
-    def predictor(self, base_dtype: BaseDtype = "float32") -> MCDropoutPredictor:
+    def predictor(
+        self, base_dtype: BaseDtype = "float32", batch_size: int = 32
+    ) -> MCDropoutPredictor:
         """The network wrapped for Monte Carlo dropout, with the card's temperature: its
-        samples are the ones served."""
-        return load_predictor(self.model_file, self.tag, base_dtype, self.card.temperature)
+        samples are the ones served. `batch_size`: most images in one compiled call."""
+        return load_predictor(
+            self.model_file, self.tag, base_dtype, self.card.temperature, batch_size
+        )
 
     def density(self) -> OODScore | None:
         """The OOD score saved with the network, or None for a model without one."""
@@ -163,22 +167,34 @@ def load_network(path: str | Path, tag: str) -> keras.Model:
 
 
 def load_predictor(
-    path: str | Path, tag: str, base_dtype: BaseDtype = "float32", temperature: float = 1.0
+    path: str | Path,
+    tag: str,
+    base_dtype: BaseDtype = "float32",
+    temperature: float = 1.0,
+    batch_size: int = 32,
 ) -> MCDropoutPredictor:
     """The Keras model in safe mode, wrapped for Monte Carlo dropout."""
     network = load_network(path, tag)
     try:
-        return MCDropoutPredictor(network, base_dtype=base_dtype, temperature=temperature)
+        return MCDropoutPredictor(
+            network, batch_size=batch_size, base_dtype=base_dtype, temperature=temperature
+        )
     except ValueError as error:  # a head the predictor cannot sample, say
         raise ModelLoadError(f"model {tag!r}: {error}") from None
 
 
 def enable_memory_growth() -> list[str]:
-    """On TensorFlow with a GPU, allocate memory as needed instead of all of it at start.
+    """Let the backend allocate GPU memory as needed, not all of it at start; returns the GPUs.
 
-    Returns the GPUs seen. Other backends manage GPU memory themselves.
+    TensorFlow is told per GPU, before first use. JAX reads
+    XLA_PYTHON_CLIENT_PREALLOCATE when it starts; `adapters.backend.select_backend`
+    sets it to false unless the operator chose otherwise.
     """
-    if keras.backend.backend() != "tensorflow":
+    backend = keras.backend.backend()
+    if backend == "jax":
+        jax = importlib.import_module("jax")
+        return [str(device) for device in jax.devices() if device.platform == "gpu"]
+    if backend != "tensorflow":
         return []
     tf = importlib.import_module("tensorflow")
     gpus = tf.config.list_physical_devices("GPU")

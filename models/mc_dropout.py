@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -54,6 +55,9 @@ from models.architecture import get_base, get_head
 from models.config import BASE_DTYPES, BaseDtype
 from models.density import pool
 from models.temperature import check_temperature, temper
+
+if TYPE_CHECKING:
+    from models.jax_sampling import JaxSampling
 
 # Most values of the repeated (b*T, ...) suffix input in one call: 16 MiB of
 # float32. Fewer, larger calls pay Keras' per-call cost once (at T=100 on the
@@ -130,10 +134,10 @@ def _image_entropy(seed: object, index: int) -> int | list[int]:
     return _seed_int(seed, argument)
 
 
-def _image_rngs(
+def _image_streams(
     batch: int, seed: int | np.integer | None, image_seeds: Sequence[ImageSeed] | None
-) -> list[np.random.Generator]:
-    """One random stream per image: from `image_seeds`, from (seed, index), or fresh.
+) -> list[np.random.SeedSequence]:
+    """One seed per image: from `image_seeds`, from (seed, index), or fresh.
 
     NumPy integers seed exactly as the equal Python ints (both become ints here).
     """
@@ -143,11 +147,12 @@ def _image_rngs(
                 f"Invalid value for `image_seeds`: expected {batch} seeds, "
                 f"received {len(image_seeds)}"
             )
-        return [np.random.default_rng(_image_entropy(s, i)) for i, s in enumerate(image_seeds)]
+        entropy = [_image_entropy(s, i) for i, s in enumerate(image_seeds)]
+        return [np.random.SeedSequence(e) for e in entropy]
     if seed is not None:
         start = _seed_int(seed, "seed")
-        return [np.random.default_rng([start, index]) for index in range(batch)]
-    return np.random.default_rng().spawn(batch)
+        return [np.random.SeedSequence([start, index]) for index in range(batch)]
+    return np.random.SeedSequence().spawn(batch)
 
 
 class MCDropoutPredictor:
@@ -183,6 +188,7 @@ class MCDropoutPredictor:
         suffix = layers[split:]  # the first Dropout and everything after it
         self._sampler, self._dropouts = _sampler(suffix, self._extractor.outputs[1].shape)
         self._fused = _fused(self._extractor, self._sampler, self._dropouts)
+        self._jax = _jax_sampling(self._extractor, self._sampler, self._dropouts, batch_size)
 
     @property
     def num_classes(self) -> int:
@@ -206,22 +212,32 @@ class MCDropoutPredictor:
         """
         embeddings, hidden = [], []
         for start in range(0, len(images), self.batch_size):
-            maps, x = self._extractor.predict_on_batch(images[start : start + self.batch_size])
-            embeddings.append(pool(maps))  # (b, D)
+            chunk = images[start : start + self.batch_size]
+            if self._jax is not None:
+                pooled, x = self._jax.forward(chunk)
+            else:
+                maps, x = self._extractor.predict_on_batch(chunk)
+                pooled = pool(maps)
+            embeddings.append(pooled)  # (b, D)
             hidden.append(x)  # (b, ...)
         return np.concatenate(embeddings, axis=0), np.concatenate(hidden, axis=0)
 
-    def warm_up(self, input_shape: tuple[int, ...]) -> None:
+    def warm_up(self, input_shape: tuple[int, ...], samples: Sequence[int] = (2,)) -> None:
         """Trace the compiled graphs for any batch size, so no request pays for it.
 
-        Two calls of different sizes: TensorFlow then retraces once with the
-        batch dimension left open (`reduce_retracing`), and never again.
+        TensorFlow: two calls of different sizes; it then retraces once with
+        the batch dimension left open (`reduce_retracing`), and never again.
+        JAX compiles per shape: every image bucket, and every row bucket that
+        up to `batch_size` images asking one T of `samples` make.
         """
+        if self._jax is not None:
+            self._jax.warm_up(input_shape, samples)
+            return
         for batch in (1, 2):
             images = np.zeros((batch, *input_shape), dtype="float32")
             hidden = self.forward(images)[1]
             self.sample_from_hidden(hidden, 2, np.random.default_rng(0).spawn(batch))
-            self._sample_images(images, [2] * batch, np.random.default_rng(0).spawn(batch))
+            self._sample_images(images, [2] * batch, np.random.SeedSequence(0).spawn(batch))
 
     def hidden(self, images: np.ndarray) -> np.ndarray:
         """The input of the first Dropout (B, ...): base + head layers before it."""
@@ -243,6 +259,11 @@ class MCDropoutPredictor:
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Deterministic probabilities (B, C): dropout off, equal to `model(x)` (float error)."""
+        if self._jax is not None:  # one compiled program per chunk
+            chunks = range(0, len(images), self.batch_size)
+            return np.concatenate(
+                [self._jax.predict(images[s : s + self.batch_size]) for s in chunks]
+            )
         return self.predict_from_hidden(self.hidden(images))
 
     def sample(
@@ -264,8 +285,8 @@ class MCDropoutPredictor:
             raise ValueError(
                 f"Invalid value for `samples`: expected >= 1, received samples={samples}"
             )
-        rngs = _image_rngs(len(images), seed, image_seeds)  # checks the seeds before computing
-        draws = self._sample_images(images, [samples] * len(images), rngs)[0]  # [(T, C)]
+        streams = _image_streams(len(images), seed, image_seeds)  # checks seeds before computing
+        draws = self._sample_images(images, [samples] * len(images), streams)[0]  # [(T, C)]
         return np.stack(draws)  # (B, T, C)
 
     def sample_each(
@@ -281,29 +302,41 @@ class MCDropoutPredictor:
                 f"Invalid value for `samples`: expected {len(images)} counts >= 1, "
                 f"received {list(samples)}"
             )
-        rngs = _image_rngs(len(images), None, image_seeds)  # checks the seeds before computing
-        return self._sample_images(images, list(samples), rngs)
+        streams = _image_streams(len(images), None, image_seeds)  # checks seeds first
+        return self._sample_images(images, list(samples), streams)
 
     def _sample_images(
-        self, images: np.ndarray, counts: list[int], rngs: Sequence[np.random.Generator]
+        self, images: np.ndarray, counts: list[int], streams: Sequence[np.random.SeedSequence]
     ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
         """One compiled call per chunk of images: the deterministic part once per image,
         the suffix on each image's hidden row taken `counts[i]` times."""
         draws: list[np.ndarray] = []
         embeddings, hidden = [], []
         for start, end in self._chunks(counts):
-            rows = np.repeat(np.arange(end - start, dtype="int32"), counts[start:end])  # (R,)
-            masks = [
-                _dropout_masks(rngs[start:end], counts[start:end], shape, rate)
-                for shape, rate in self._dropouts
-            ]
-            maps, x, probs = self._fused.predict_on_batch([images[start:end], rows, *masks])
-            draws += np.split(np.asarray(probs), np.cumsum(counts[start:end])[:-1])  # [(T_i, C)]
-            embeddings.append(pool(maps))  # (b, D)
-            hidden.append(np.asarray(x))  # (b, ...)
+            chunk = self._sample_chunk(images[start:end], counts[start:end], streams[start:end])
+            draws += chunk[0]  # [(T_i, C)]
+            embeddings.append(chunk[1])  # (b, D)
+            hidden.append(chunk[2])  # (b, ...)
         if self.temperature != 1.0:
             draws = [temper(d[None], self.temperature)[0].astype(d.dtype) for d in draws]
         return draws, np.concatenate(embeddings, axis=0), np.concatenate(hidden, axis=0)
+
+    def _sample_chunk(
+        self, images: np.ndarray, counts: list[int], streams: Sequence[np.random.SeedSequence]
+    ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        """At most `batch_size` images -> ([(T_i, C)], embeddings (b, D), hidden (b, ...)).
+
+        JAX draws the masks on the device (`models.jax_sampling`); otherwise
+        NumPy draws them from each image's stream, in place, as inputs.
+        """
+        if self._jax is not None:
+            return self._jax.sample(images, counts, streams)
+        rngs = [np.random.default_rng(stream) for stream in streams]
+        rows = np.repeat(np.arange(len(images), dtype="int32"), counts)  # (R,)
+        masks = [_dropout_masks(rngs, counts, shape, rate) for shape, rate in self._dropouts]
+        maps, x, probs = self._fused.predict_on_batch([images, rows, *masks])
+        draws = np.split(np.asarray(probs), np.cumsum(counts)[:-1])  # [(T_i, C)]
+        return draws, pool(maps), np.asarray(x)
 
     def _chunks(self, counts: list[int]) -> list[tuple[int, int]]:
         """Consecutive image ranges of at most `batch_size` images and SUFFIX_VALUES
@@ -357,6 +390,20 @@ class MCDropoutPredictor:
             for shape, rate in self._dropouts
         ]
         return np.asarray(self._sampler.predict_on_batch([x, *masks]))
+
+
+def _jax_sampling(
+    extractor: keras.Model,
+    sampler: keras.Model,
+    dropouts: Sequence[tuple[tuple[int, ...], float]],
+    batch_size: int,
+) -> JaxSampling | None:
+    """The bucketed, device-drawn sampled call on the JAX backend; None on the others."""
+    if keras.backend.backend() != "jax":
+        return None
+    from models.jax_sampling import JaxSampling  # imports JAX
+
+    return JaxSampling(extractor, sampler, [rate for _, rate in dropouts], batch_size)
 
 
 def _fused(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bentoml
+import keras
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -31,6 +32,7 @@ async def metadata(request: Request) -> JSONResponse:
         guarantees=None if card.guarantees is None else card.guarantees.summary(),
         splits=card.splits,
         metrics=card.metrics,
+        keras_backend=keras.backend.backend(),
     )
     return JSONResponse(body.model_dump())
 

@@ -55,6 +55,10 @@ class ModelMetadata(BaseModel):
     )
     splits: dict[str, str]
     metrics: dict[str, float]
+    keras_backend: str = Field(
+        description="The Keras backend computing the answers: tensorflow or jax "
+        "(UQSERVE_KERAS_BACKEND). Same model, same answers in distribution, other random draws."
+    )
 
 
 class WeightsDigest(BaseModel):

@@ -83,7 +83,7 @@ class ApiService:
         stored = StoredModel.of(self.bento_model)
         self.tag, self.card = stored.tag, stored.card
         self.settings = SETTINGS
-        self.predictor = stored.predictor(SETTINGS.base_dtype)
+        self.predictor = stored.predictor(SETTINGS.base_dtype, SETTINGS.max_batch_size)
         self.density = stored.density()
         self.preprocess = Preprocessor(self.card.model.preprocessing)  # compiled
         self.loaded_digest = weights_digest(*self.predictor.served_models)
@@ -94,9 +94,11 @@ class ApiService:
 
     @bentoml.on_startup
     def warm_up(self) -> None:
-        """Trace preprocessing and the model for any batch, before the service is ready."""
+        """Trace preprocessing and the model for any batch (on JAX: for the model's
+        default T; another T compiles its small suffix on first use), before the
+        service is ready."""
         self.preprocess.warm_up()
-        self.predictor.warm_up(self.card.input_shape)
+        self.predictor.warm_up(self.card.input_shape, samples=(2, self.card.mc_samples))
         batch = jobs.request_jobs([np.zeros((8, 8), np.uint8)], seed=0, samples=2)
         self._score(batch, self._sample(batch))
 

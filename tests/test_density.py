@@ -26,6 +26,7 @@ from models.density import (
     limit_blas_threads,
     pool,
 )
+from tests.backends import assert_same_numbers
 
 
 def _data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -171,8 +172,9 @@ def _blas_threads() -> list[int]:
 
 
 def test_a_rows_log_density_does_not_depend_on_the_other_rows():
-    """Batch invariance, bit for bit: the served answer of an image must not change with
-    what else is in its adaptive batch. Wide features (512, as VGG16's), 10 classes."""
+    """Batch invariance: the served answer of an image must not change with what else is
+    in its adaptive batch (bit for bit on TensorFlow, within float32 rounding on JAX: see
+    tests.backends). Wide features (512, as VGG16's), 10 classes."""
     rng = np.random.default_rng(3)
     labels = np.arange(300) % 10
     features = rng.normal(0.0, 1.0, (300, 512)) + np.eye(10, 512)[labels] * 3.0
@@ -181,7 +183,7 @@ def test_a_rows_log_density_does_not_depend_on_the_other_rows():
         batch = rng.normal(0.0, 1.0, (size, 512))
         together = density.log_density(batch)
         for i in rng.choice(size, min(size, 3), replace=False):
-            assert density.log_density(batch[i : i + 1])[0] == together[i], (size, i)
+            assert_same_numbers(density.log_density(batch[i : i + 1])[:1], together[i : i + 1])
 
 
 def test_overlapping_log_density_calls_leave_the_blas_thread_count_alone(monkeypatch):

@@ -34,7 +34,11 @@ VARIANTS = ("cpu", "gpu")
 KUBERNETES_VERSION = "1.30"  # the oldest release the manifests support
 HEALTH_PATHS = {"startupProbe": "/livez", "livenessProbe": "/livez", "readinessProbe": "/readyz"}
 HADOLINT_CONFIG = ROOT / ".hadolint.yaml"
-BENTOFILES = {"cpu": "bentofile.yaml", "gpu": "bentofile.gpu.yaml"}
+BENTOFILES = {
+    "cpu": "bentofile.yaml",
+    "gpu": "bentofile.gpu.yaml",
+    "jax-gpu": "bentofile.jax-gpu.yaml",
+}
 GPU = "nvidia.com/gpu"
 
 Manifest = dict[str, Any]

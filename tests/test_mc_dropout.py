@@ -12,6 +12,7 @@ from models.config import HeadConfig
 from models.head import HEAD_NAME
 from models.mc_dropout import MCDropoutPredictor, naive_mc_samples
 from models.temperature import temper
+from tests.backends import assert_same_numbers, jax_only, tensorflow_only
 from tests.conftest import bn_statistics, randomize_bn_statistics, tiny_model
 
 
@@ -167,11 +168,12 @@ def test_chunked_calls_answer_as_one_call_does(model, images, monkeypatch):
         assert predictor._chunks(counts) != [(0, len(counts))]
         draws, embeddings, hidden = predictor.sample_each(images, counts, seeds)
         for got, want in zip(draws, whole[0], strict=True):
-            np.testing.assert_array_equal(got, want)
-        np.testing.assert_array_equal(embeddings, whole[1])
-        np.testing.assert_array_equal(hidden, whole[2])
+            assert_same_numbers(got, want)
+        assert_same_numbers(embeddings, whole[1])
+        assert_same_numbers(hidden, whole[2])
 
 
+@tensorflow_only
 def test_the_sampled_call_draws_what_the_suffix_alone_draws(model, images):
     """The one-call path (`sample`, served) and the suffix on cached hidden rows
     (`sample_from_hidden`, which training calibrates with) give the same numbers."""
@@ -189,6 +191,7 @@ def test_predict_equals_the_keras_model_in_inference_mode(images):
     np.testing.assert_allclose(MCDropoutPredictor(model).predict(images), expected, atol=1e-5)
 
 
+@tensorflow_only
 def test_after_warm_up_no_batch_size_traces_the_graph_again(model, images):
     predictor = MCDropoutPredictor(model)
     predictor.warm_up(tuple(images.shape[1:]))
@@ -200,6 +203,7 @@ def test_after_warm_up_no_batch_size_traces_the_graph_again(model, images):
     assert compiled.experimental_get_tracing_count() == traced
 
 
+@tensorflow_only
 def test_after_warm_up_no_batch_or_sample_count_traces_the_sampled_call_again(model, images):
     """The service's one call per batch: images, rows and masks of any size."""
     predictor = MCDropoutPredictor(model)
@@ -210,6 +214,49 @@ def test_after_warm_up_no_batch_or_sample_count_traces_the_sampled_call_again(mo
         predictor.sample_each(images[:batch], counts, [(0, i) for i in range(batch)])
     assert predictor._fused.predict_function is compiled
     assert compiled.experimental_get_tracing_count() == traced
+
+
+@jax_only
+def test_on_jax_after_warm_up_no_batch_compiles_again(model, images):
+    """Every batch size pads to a warmed-up bucket: images to a power of two, rows to
+    at most 25 % more; the model's T and any batch size compile nothing new."""
+    predictor = MCDropoutPredictor(model, batch_size=8)
+    predictor.warm_up(tuple(images.shape[1:]), samples=(5, 30))
+    compiled = predictor._jax.compiled
+    assert compiled > 0
+    for batch in (1, 3, 5, 6):
+        for count in (5, 30):
+            predictor.sample_each(images[:batch], [count] * batch, [(0, i) for i in range(batch)])
+        predictor.predict(images[:batch])
+        predictor.forward(images[:batch])
+    assert predictor._jax.compiled == compiled
+    predictor.sample(images[:3], 7, seed=0)  # another T: its row bucket compiles the suffix
+    assert predictor._jax.compiled > compiled
+
+
+@jax_only
+def test_on_jax_an_images_first_samples_do_not_depend_on_its_t(model, images):
+    """Sample t of an image is drawn from its key and t alone (`fold_in` on the device),
+    so asking more samples only appends to the ones a smaller T gives."""
+    predictor = MCDropoutPredictor(model)
+    few = predictor.sample(images, 5, seed=4)
+    many = predictor.sample(images, 12, seed=4)
+    assert_same_numbers(many[:, :5], few)
+    assert not np.allclose(many[:, 5:10], few)
+
+
+@jax_only
+def test_on_jax_padding_never_reaches_an_answer(model, images):
+    """Padded images and rows are zeros and their outputs are dropped: three images
+    (padded to four) answer as they do inside a batch of six (padded to eight)."""
+    predictor = MCDropoutPredictor(model)
+    seeds = [(8, i) for i in range(3)]
+    alone = predictor.sample_each(images[:3], [4, 9, 2], seeds)
+    more = predictor.sample_each(images, [4, 9, 2, 1, 1, 1], [*seeds, (1, 0), (1, 1), (1, 2)])
+    for got, want in zip(alone[0], more[0][:3], strict=True):
+        assert_same_numbers(got, want)
+    assert_same_numbers(alone[1], more[1][:3])
+    assert_same_numbers(alone[2], more[2][:3])
 
 
 def test_a_bfloat16_base_stays_close_to_float32_and_leaves_the_model_alone(model, images):

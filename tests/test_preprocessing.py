@@ -8,6 +8,7 @@ import pytest
 
 from models.config import PreprocessingConfig
 from models.preprocessing import Preprocessor, preprocess_images
+from tests.backends import tensorflow_only
 
 CONFIG = PreprocessingConfig(image_size=(32, 32))
 
@@ -110,6 +111,7 @@ def test_the_compiled_preprocessor_equals_the_eager_function():
     np.testing.assert_allclose(preprocessor(batch), preprocess_images(batch, CONFIG), atol=1e-3)
 
 
+@tensorflow_only
 @pytest.mark.parametrize("channels", [None, 1, 3, 4])
 def test_after_warm_up_no_size_traces_the_graph_again(channels):
     preprocessor = Preprocessor(CONFIG)

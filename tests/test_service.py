@@ -7,6 +7,7 @@ import itertools
 import json
 from concurrent.futures import ThreadPoolExecutor
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -147,6 +148,7 @@ def test_metadata(client, tag):
     assert body["input_shape"] == [32, 32, 3]
     assert body["default_samples"] == 6
     assert body["max_samples"] == 50
+    assert body["keras_backend"] == keras.backend.backend()
     assert body["metrics"] == {"test_accuracy": 0.5}
     guarantees = body["guarantees"]
     card = StoredModel.open(tag).card

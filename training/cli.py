@@ -17,12 +17,14 @@ from typing import Any, get_args
 import yaml
 from pydantic import ValidationError
 
+from adapters.backend import require_tensorflow, select_backend
 from adapters.quiet import quiet_tensorflow
 from models.config import BaseDtype  # light: pydantic only
 from models.conformal import AlphaError  # light: numpy and pydantic
 from training.config import StrategyName  # light: pydantic and yaml only
 
 NONE_WORDS = ("none", "null", "off")
+TENSORFLOW_COMMANDS = ("train", "pretrain", "evaluate", "compare")  # tf.data, tf.distribute
 VERBOSE_HELP = "show TensorFlow's own logs (CUDA, oneDNN, ...), hidden by default"
 
 
@@ -301,6 +303,11 @@ def _verbose(argv: Sequence[str] | None) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `uqserve` console script."""
+    try:
+        select_backend()  # before anything imports Keras
+    except (ValueError, RuntimeError) as error:
+        print(f"uqserve: {error}", file=sys.stderr)
+        return 2
     quiet_tensorflow(verbose=_verbose(argv))  # before anything imports TensorFlow
     args = build_parser().parse_args(argv)
     commands = {
@@ -311,6 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "compare": _compare,
     }
     try:
+        if args.command in TENSORFLOW_COMMANDS:
+            require_tensorflow(args.command)
         return commands[args.command](args)
     except ValidationError as error:
         print(_describe(error), file=sys.stderr)
