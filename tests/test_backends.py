@@ -151,3 +151,20 @@ def test_the_bento_serves_on_jax_batched_and_unmixed(bento, tag, tmp_path):
         assert abs(sum(answer["probabilities"]) - 1.0) < 1e-5
         np.testing.assert_allclose(answer["probabilities"], expected["probabilities"], atol=1e-5)
         np.testing.assert_allclose(answer["variance"], expected["variance"], atol=1e-5)
+
+
+def _uqserve(*args: str, **env: str) -> subprocess.CompletedProcess:
+    uqserve = Path(sys.executable).parent / "uqserve"
+    return subprocess.run(
+        [str(uqserve), *args], env={**os.environ, **env}, cwd=ROOT,
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+def test_training_refuses_the_jax_backend_and_says_the_fix():
+    done = _uqserve("train", "--epochs", "1", UQSERVE_KERAS_BACKEND="jax")
+    assert done.returncode == 1
+    assert "trains on TensorFlow" in done.stderr and "unset UQSERVE_KERAS_BACKEND" in done.stderr
+    refused = _uqserve("predict", "--help", UQSERVE_KERAS_BACKEND="torch")
+    assert refused.returncode == 2
+    assert "Invalid value for `UQSERVE_KERAS_BACKEND`" in refused.stderr
