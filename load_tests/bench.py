@@ -8,6 +8,7 @@ inference mode), for each T and batch size. Times are the best of
 
     python -m load_tests.bench --size 150 --samples 10 30 100 --batches 1 16 64
     python -m load_tests.bench --base-dtypes float32 bfloat16   # mixed-precision base too
+    UQSERVE_KERAS_BACKEND=jax python -m load_tests.bench         # on Keras' JAX backend
 
 Each base dtype after the first also reports how far its deterministic
 probabilities are from the first's on the same images. The naive reference
@@ -25,6 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from models.architecture import build_model
@@ -115,17 +117,18 @@ def main(argv: list[str] | None = None) -> int:
     rows, deviations, reference = [], {}, None
     for dtype in args.base_dtypes:
         predictor = MCDropoutPredictor(model, max(args.batches), base_dtype=dtype)
-        predictor.warm_up(config.input_shape)  # the graph the service runs, for any batch size
+        predictor.warm_up(config.input_shape, args.samples)  # what the service runs, any batch
         answer = predictor.predict(inputs[-1])  # (B, C)
         reference = answer if reference is None else reference
         deviations[dtype] = float(np.abs(answer - reference).max())
         rows.extend(bench_dtype(predictor, inputs, args))
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or 'cpu'}"
-    result = {"size": args.size, "machine": machine, "rows": rows,
+    backend = keras.backend.backend()
+    result = {"size": args.size, "machine": machine, "keras_backend": backend, "rows": rows,
               "max_abs_diff_vs_first_dtype": deviations}  # fmt: skip
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2))
-    print(f"\n{args.size}x{args.size}, {machine}\n\n{format_rows(rows)}")
+    print(f"\n{args.size}x{args.size}, {machine}, Keras on {backend}\n\n{format_rows(rows)}")
     print(f"\nmax |probability difference| vs {args.base_dtypes[0]}: {deviations}")
     return 0
 

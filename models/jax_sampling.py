@@ -12,6 +12,10 @@ two up to the predictor's batch size, and the B*T sample rows to at most
     prefix   images (Bp, H, W, 3) -> embeddings (Bp, D), hidden (N, ...)     one compile per Bp
     suffix   hidden (N, ...), rows (Rp,), keys (Rp, 2), draws (Rp,)
              -> probabilities (Rp, C)                                       one per Rp
+    predict  hidden (N, ...) -> probabilities (N, C), dropout off            one
+
+The outputs of one program feed the next on the device; only the answers
+come back to the host.
 
 (N is the batch size: the prefix pads its hidden rows to it on the device,
 so the suffix compiles once per row bucket, whatever the image bucket.)
@@ -124,11 +128,8 @@ class JaxSampling:
         probabilities, _ = self._sampler.stateless_call(*variables, inputs, training=False)
         return probabilities  # (Rp, C)
 
-    def _predict_call(
-        self, extractor: tuple[list, list], sampler: tuple[list, list], images: jax.Array
-    ) -> jax.Array:
-        """Deterministic probabilities (Bp, C): the prefix, then the suffix with masks of ones."""
-        (_, hidden), _ = self._extractor.stateless_call(*extractor, images, training=False)
+    def _predict_call(self, sampler: tuple[list, list], hidden: jax.Array) -> jax.Array:
+        """Deterministic probabilities (N, C) from the prefix's hidden rows: masks of ones."""
         ones = [jnp.ones((hidden.shape[0], *shape), jnp.float32) for shape in self._mask_shapes]
         probabilities, _ = self._sampler.stateless_call(*sampler, [hidden, *ones], training=False)
         return probabilities
@@ -143,9 +144,10 @@ class JaxSampling:
         return self._prefix(_values(self._extractor), batch)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """At most `batch_size` images -> deterministic probabilities (B, C), one program."""
-        batch = _padded(images, image_bucket(len(images), self.batch_size))
-        probabilities = self._predict(_values(self._extractor), _values(self._sampler), batch)
+        """At most `batch_size` images -> deterministic probabilities (B, C): the prefix,
+        then the suffix with dropout off, the hidden rows staying on the device."""
+        hidden = self._padded_prefix(images)[1]  # (N, ...)
+        probabilities = self._predict(_values(self._sampler), hidden)
         return np.asarray(probabilities)[: len(images)]
 
     def forward(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -178,15 +180,14 @@ class JaxSampling:
         return split, np.asarray(embeddings)[:n], np.asarray(hidden)[:n]
 
     def warm_up(self, input_shape: tuple[int, ...], samples: Sequence[int]) -> None:
-        """Compile the prefix and the deterministic program for every image bucket, and the
-        suffix for every row bucket that up to `batch_size` images asking one T of
+        """Compile the prefix for every image bucket, the deterministic suffix, and the
+        sampled suffix for every row bucket that up to `batch_size` images asking one T of
         `samples` make."""
         sizes = {image_bucket(n, self.batch_size) for n in range(1, self.batch_size + 1)}
         for size in sorted(sizes):
-            images = np.zeros((size, *input_shape), np.float32)
-            self._padded_prefix(images)
-            self.predict(images)
+            self._padded_prefix(np.zeros((size, *input_shape), np.float32))
         hidden = self._padded_prefix(np.zeros((1, *input_shape), np.float32))[1]
+        self._predict(_values(self._sampler), hidden)
         counts = {n * t for n in range(1, self.batch_size + 1) for t in samples}
         for rows in sorted({row_bucket(count) for count in counts}):
             zeros = np.zeros(rows, np.int32)

@@ -18,6 +18,12 @@ masks drawn here. Each image draws its
 masks from its own random stream, so an image's samples never depend on the
 other images in its batch, and a seed makes a call reproducible.
 
+On Keras' JAX backend the served calls (`sample`, `sample_each`, `predict`,
+`forward`) run the same split as `jax.jit` programs padded to a few batch
+sizes, with the masks drawn on the device from per-image keys
+(`models.jax_sampling`): other draws than NumPy's, the same distribution.
+`sample_from_hidden` (calibration) draws with NumPy on every backend.
+
 The model is never called in training mode: in Keras 3 that would also put
 BatchNormalization on batch statistics and overwrite its moving averages.
 
@@ -259,7 +265,7 @@ class MCDropoutPredictor:
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Deterministic probabilities (B, C): dropout off, equal to `model(x)` (float error)."""
-        if self._jax is not None:  # one compiled program per chunk
+        if self._jax is not None:  # compiled prefix and suffix, per chunk
             chunks = range(0, len(images), self.batch_size)
             return np.concatenate(
                 [self._jax.predict(images[s : s + self.batch_size]) for s in chunks]

@@ -15,9 +15,12 @@ import pytest
 BACKEND = keras.backend.backend()
 ON_JAX = BACKEND == "jax"
 
-tensorflow_only = pytest.mark.skipif(
-    ON_JAX, reason="checks TensorFlow's traced graphs or NumPy-drawn masks; JAX has its own test"
-)
+
+def tensorflow_only(why: str) -> pytest.MarkDecorator:
+    """Skip on JAX, saying why the check does not apply there."""
+    return pytest.mark.skipif(ON_JAX, reason=f"TensorFlow only: {why}")
+
+
 jax_only = pytest.mark.skipif(not ON_JAX, reason="checks the JAX backend's compiled programs")
 
 

@@ -111,7 +111,7 @@ def test_the_compiled_preprocessor_equals_the_eager_function():
     np.testing.assert_allclose(preprocessor(batch), preprocess_images(batch, CONFIG), atol=1e-3)
 
 
-@tensorflow_only
+@tensorflow_only("counts tf.function retracing; on JAX the preprocessor runs op by op")
 @pytest.mark.parametrize("channels", [None, 1, 3, 4])
 def test_after_warm_up_no_size_traces_the_graph_again(channels):
     preprocessor = Preprocessor(CONFIG)
