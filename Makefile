@@ -22,7 +22,7 @@ BENCH_OUTPUT ?= reports/bench
 JAX_TESTS ?= tests/test_mc_dropout.py tests/test_preprocessing.py tests/test_uncertainty.py \
 	tests/test_density.py
 
-.PHONY: install train model serve bento container container-test loadtest bench precision soak test test-jax lint format clean
+.PHONY: install train model serve bento container container-test loadtest bench precision soak test test-jax device-wheels device-check lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -69,6 +69,12 @@ precision: model ## does a $(BASE_DTYPE) base (default bfloat16) answer as float
 soak: model ## serve the bento, Locust for $(SOAK_DURATION), watch every process's memory; reports/soak/
 	$(BIN)/python -m load_tests.soak --model $(MODEL) --users $(SOAK_USERS) \
 		--duration $(SOAK_DURATION) $(if $(BENTO),--bento $(BENTO))
+
+device-wheels: $(STAMP) ## the wheels the GPU machine lacks (Python 3.12, manylinux) into .device/wheels, listed with sizes
+	$(BIN)/python -m load_tests.device_wheels
+
+device-check: $(STAMP) ## the GPU script's CPU dry run: bash load_tests/device_check.sh OUT --cpu --quick; reports/device-dry/
+	bash load_tests/device_check.sh $(or $(OUT),reports/device-dry) --cpu --quick
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

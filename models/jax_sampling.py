@@ -61,7 +61,10 @@ def key_data(streams: Sequence[np.random.SeedSequence]) -> np.ndarray:
 
 
 def _padded(images: np.ndarray, size: int) -> np.ndarray:
-    """`images` (B, ...) float32, with zero images after them up to `size`."""
+    """`images` (B, ...) float32, with zero images after them up to `size` (no copy when
+    they fill it)."""
+    if len(images) == size:
+        return np.asarray(images, np.float32)
     batch = np.zeros((size, *images.shape[1:]), np.float32)
     batch[: len(images)] = images
     return batch
