@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 
 from deploy import processes
@@ -36,3 +37,15 @@ def served(
         yield base, process
     finally:
         processes.stop_service(process)
+
+
+def predict_file(base: str, blob: bytes, seed: int = 7) -> dict:
+    """POST one PNG to `base`/predict at T=8 with `seed`; the 200 answer's JSON."""
+    response = httpx.post(
+        f"{base}/predict",
+        files={"files": ("digit.png", blob, "image/png")},
+        data={"samples": "8", "seed": str(seed)},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    return response.json()

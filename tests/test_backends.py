@@ -25,7 +25,7 @@ from models.mc_dropout import MCDropoutPredictor
 from tests.backends import BACKEND
 from tests.conftest import randomize_bn_statistics, tiny_model
 from tests.service_helpers import png
-from tests.serving import ROOT, served
+from tests.serving import ROOT, predict_file, served
 
 OTHER = "jax" if BACKEND == "tensorflow" else "tensorflow"
 SAMPLES = 2000
@@ -122,17 +122,6 @@ def _variance(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return variance, np.sqrt(np.maximum(fourth - variance**2, 0.0) / samples.shape[1])
 
 
-def _predict(base: str, seed: int, blob: bytes) -> dict:
-    response = httpx.post(
-        f"{base}/predict",
-        files={"files": ("digit.png", blob, "image/png")},
-        data={"samples": "8", "seed": str(seed)},
-        timeout=120,
-    )
-    assert response.status_code == 200, response.text
-    return response.json()["predictions"][0]
-
-
 @pytest.mark.e2e
 def test_the_bento_serves_on_jax_batched_and_unmixed(bento, tag, tmp_path):
     """The CPU bento with UQSERVE_KERAS_BACKEND=jax: /metadata names the backend, and
@@ -141,9 +130,10 @@ def test_the_bento_serves_on_jax_batched_and_unmixed(bento, tag, tmp_path):
     with served(bento, tag, tmp_path, UQSERVE_KERAS_BACKEND="jax") as (base, _):
         assert httpx.get(f"{base}/metadata").json()["keras_backend"] == "jax"
         blobs = [png(300 + i) for i in range(8)]
-        alone = [_predict(base, i, blob) for i, blob in enumerate(blobs)]
+        alone = [predict_file(base, blob, i)["predictions"][0] for i, blob in enumerate(blobs)]
         with ThreadPoolExecutor(max_workers=8) as pool:
-            together = list(pool.map(lambda i: _predict(base, i % 8, blobs[i % 8]), range(24)))
+            answers = pool.map(lambda i: predict_file(base, blobs[i % 8], i % 8), range(24))
+            together = [answer["predictions"][0] for answer in answers]
         log = (tmp_path / "serve.log").read_text()
     assert "Traceback" not in log, log[-3000:]
     for index, answer in enumerate(together):

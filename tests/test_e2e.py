@@ -17,24 +17,13 @@ import pytest
 
 from deploy.processes import BENTOML, free_port
 from tests.service_helpers import png
-from tests.serving import ROOT
+from tests.serving import ROOT, predict_file
 
 pytestmark = pytest.mark.e2e
 
 
-def _predict(base: str, blob: bytes, seed: int = 7) -> dict:
-    response = httpx.post(
-        f"{base}/predict",
-        files={"files": ("digit.png", blob, "image/png")},
-        data={"samples": "8", "seed": str(seed)},
-        timeout=120,
-    )
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
 def test_built_bento_answers_predict(server, tag):
-    body = _predict(server, png(1))
+    body = predict_file(server, png(1))
     assert body["model"] == tag
     prediction = body["predictions"][0]
     assert abs(sum(prediction["probabilities"]) - 1.0) < 1e-6
@@ -44,10 +33,10 @@ def test_built_bento_answers_predict(server, tag):
 
 def test_concurrent_requests_are_batched_and_never_mixed(server):
     blobs = [png(200 + i) for i in range(16)]
-    alone = [_predict(server, blob)["predictions"] for blob in blobs]
+    alone = [predict_file(server, blob)["predictions"] for blob in blobs]
     images_before, batches_before = _batch_counts(server)
     with ThreadPoolExecutor(max_workers=16) as pool:
-        together = list(pool.map(lambda i: _predict(server, blobs[i % 16]), range(48)))
+        together = list(pool.map(lambda i: predict_file(server, blobs[i % 16]), range(48)))
     for index, body in enumerate(together):
         assert body["predictions"] == alone[index % 16]  # BN stats unchanged, no mixing
     images_after, batches_after = _batch_counts(server)
