@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import platform
 import zipfile
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import bentoml
 import keras
 import numpy as np
 
+from adapters.backend import set_backend
 from models.card import CARD_KEY, DENSITY_FILE, MODEL_FILE, ModelCard
 from models.config import BaseDtype
 from models.density import OODScore
@@ -187,11 +189,13 @@ def enable_memory_growth() -> list[str]:
     """Let the backend allocate GPU memory as needed, not all of it at start; returns the GPUs.
 
     TensorFlow is told per GPU, before first use. JAX reads
-    XLA_PYTHON_CLIENT_PREALLOCATE when it starts; `adapters.backend.select_backend`
-    sets it to false unless the operator chose otherwise.
+    XLA_PYTHON_CLIENT_PREALLOCATE when it first starts a device: it is set to
+    false here (as `adapters.backend.select_backend` does) unless the operator
+    set it or XLA_PYTHON_CLIENT_MEM_FRACTION.
     """
     backend = keras.backend.backend()
-    if backend == "jax":
+    if backend == "jax":  # read when JAX first starts a device, so not too late here
+        set_backend(os.environ, "jax")
         jax = importlib.import_module("jax")
         return [str(device) for device in jax.devices() if device.platform == "gpu"]
     if backend != "tensorflow":

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, deviations, reference = [], {}, None
     for dtype in args.base_dtypes:
         predictor = MCDropoutPredictor(model, max(args.batches), base_dtype=dtype)
-        predictor.warm_up(config.input_shape, args.samples)  # what the service runs, any batch
+        predictor.warm_up(config.input_shape, max(args.samples))  # as the service, any batch
         answer = predictor.predict(inputs[-1])  # (B, C)
         reference = answer if reference is None else reference
         deviations[dtype] = float(np.abs(answer - reference).max())

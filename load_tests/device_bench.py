@@ -6,12 +6,12 @@ is rewritten as each figure comes in, so a run cut short keeps what it measured:
 
     in-process   a model with random weights (timings do not depend on them), for
                  each image size, base dtype and batch: deterministic images/s
-                 (`MCDropoutPredictor.predict`, one compiled program per batch
-                 bucket), MC images/s at each T (`sample`) and MC/deterministic
-                 time. Each program's first call (its compile) is timed apart;
-                 each figure is the median of calls repeated for `min_seconds`.
-                 Configs left when the part's deadline passes are listed as
-                 skipped, not run.
+                 (`MCDropoutPredictor.predict`: the compiled prefix of the
+                 batch's bucket, then the suffix with dropout off), MC images/s
+                 at each T (`sample`) and MC/deterministic time. Each program's
+                 first call (its compile) is timed apart; each figure is the
+                 median of calls repeated for `min_seconds`. Configs left when
+                 the part's deadline passes are listed as skipped, not run.
     served       the model at the served size (224x224 on the GPU), with a feature
                  density and calibrated guarantees as `uqserve train` exports
                  it, in a temporary BentoML store, served

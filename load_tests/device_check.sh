@@ -10,10 +10,9 @@
 # runs everything.
 # UQSERVE_DEVICE_WHEELS names another wheel folder; DEVICE_PYTHON the machine's
 # Python (python3). Runs `python -m load_tests.device_bench --output OUT_DIR ...`
-# under `timeout 450` (well inside 8 minutes; UQSERVE_DEVICE_TIMEOUT seconds instead
-# when set), its output also in
-# OUT_DIR/device_check.log, then prints the JSON summary. Exits with the bench's
-# status (124 when it ran out of time).
+# under `timeout 450` (UQSERVE_DEVICE_TIMEOUT seconds instead when set), its output
+# also in OUT_DIR/device_check.log, then prints the JSON summary. Exits with the
+# bench's status (124 when it ran out of time).
 set -euo pipefail
 
 if [[ $# -lt 1 || $1 == -* ]]; then
@@ -26,6 +25,8 @@ out=$(cd "$1" && pwd)
 shift
 wheels=${UQSERVE_DEVICE_WHEELS:-$root/.device/wheels}
 cd "$root"
+export KERAS_BACKEND=jax UQSERVE_KERAS_BACKEND=jax BENTOML_DO_NOT_TRACK=true PYTHONUNBUFFERED=1
+export PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH}
 
 # A venv on the machine's Python with the wheels installed; sets `python` to its python.
 # The machine's python3 may itself live in a venv, whose packages a new venv's
@@ -40,9 +41,13 @@ install_wheels() {
     "$base" -c 'import site
 print("import site; " + "; ".join(f"site.addsitedir({p!r})" for p in site.getsitepackages()))' \
         >"$site/device-base.pth"
-    local files=()
-    mapfile -t files < <("$base" -m load_tests.device_wheels --files --dest "$wheels")
-    if [[ ${#files[@]} -eq 0 ]]; then
+    local files=() listing
+    if ! listing=$("$base" -m load_tests.device_wheels --files --dest "$wheels"); then
+        echo "device check: cannot read $wheels/manifest.json (see above)" >&2
+        exit 1
+    fi
+    mapfile -t files <<<"$listing"
+    if [[ -z $listing ]]; then
         echo "device check: no wheels listed in $wheels/manifest.json" >&2
         exit 1
     fi
@@ -63,8 +68,6 @@ else
 fi
 echo "device check: $python ($("$python" --version 2>&1)), output in $out" >&2
 
-export KERAS_BACKEND=jax UQSERVE_KERAS_BACKEND=jax BENTOML_DO_NOT_TRACK=true PYTHONUNBUFFERED=1
-export PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH}
 status=0
 timeout --kill-after=30 "${UQSERVE_DEVICE_TIMEOUT:-450}" "$python" -m load_tests.device_bench --output "$out" "$@" 2>&1 |
     tee "$out/device_check.log" || status=$?

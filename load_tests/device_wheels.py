@@ -37,9 +37,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from packaging.requirements import Requirement
-from packaging.version import Version
-
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DEST = ROOT / ".device" / "wheels"
 MANIFEST = "manifest.json"
@@ -89,6 +86,8 @@ def normalize(name: str) -> str:
 def needed(requirement: str, markers: Mapping[str, str] = TARGET_MARKERS) -> str | None:
     """The normalized name a Requires-Dist line asks for on the target, or None when its
     marker is false there (an extra not asked for, another Python or platform)."""
+    from packaging.requirements import Requirement  # not needed by `--files`: a bare Python
+
     parsed = Requirement(requirement)
     if parsed.marker is not None and not parsed.marker.evaluate(dict(markers)):
         return None
@@ -186,6 +185,8 @@ def sha256(path: Path) -> str:
 def download(pins: Mapping[str, str], dest: Path) -> None:
     """Exactly these wheels into `dest` (no dependencies); wheels of other packages or
     versions left there from an earlier run are deleted first."""
+    from packaging.version import Version
+
     dest.mkdir(parents=True, exist_ok=True)
     for old in dest.glob("*.whl"):
         name, version = wheel_name(old.name)
@@ -281,6 +282,8 @@ def read_manifest(dest: Path) -> dict:
 def verify(manifest: Mapping) -> list[str]:
     """What is wrong where the wheels are installed: a wheel missing or at another version,
     or a requirement of one of them not met by what is installed. Empty when all is well."""
+    from packaging.version import Version
+
     problems = []
     for wheel in manifest["wheels"]:
         try:
@@ -296,6 +299,8 @@ def verify(manifest: Mapping) -> list[str]:
 
 def unmet(requires: Iterable[str]) -> list[tuple[str, str]]:
     """The requirements (Requires-Dist lines) this interpreter does not meet, with why."""
+    from packaging.requirements import Requirement
+
     found = []
     for line in requires:
         requirement = Requirement(line)

@@ -222,7 +222,7 @@ def inprocess_calls(model: str, base_dtype: str, batch: int) -> dict[str, Callab
     network = keras.saving.load_model(stored.model_file)
     blobs = [path.read_bytes() for path in make_payloads()]
     blobs = (blobs * (batch // len(blobs) + 1))[:batch]
-    predictor.warm_up(stored.card.input_shape)
+    predictor.warm_up(stored.card.input_shape, PEER_SAMPLES)
     preprocess.warm_up()
     images = preprocess([decode_image(blob, "payload") for blob in blobs])
     streams, samples = [(0, i) for i in range(batch)], [PEER_SAMPLES] * batch

@@ -119,7 +119,7 @@ def inprocess_throughput(
     preprocess = Preprocessor(stored.card.model.preprocessing)
     blobs = [p.read_bytes() for p in make_payloads()]
     blobs = (blobs * (batch // len(blobs) + 1))[:batch]
-    predictor.warm_up(stored.card.input_shape)
+    predictor.warm_up(stored.card.input_shape, samples)
     preprocess.warm_up()
     done, start, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:

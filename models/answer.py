@@ -120,6 +120,15 @@ def density_scores(
     return density.score({"base": embeddings, "hidden": hidden}).astype(np.float32)
 
 
+def warm_up_scores(
+    density: OODScore | None, embeddings: np.ndarray, hidden: np.ndarray, max_rows: int
+) -> None:
+    """Score 1 to `max_rows` copies of one image's features (`sample_each`'s): on JAX the
+    score's operations compile once per batch size, here rather than on a request."""
+    for rows in range(1, max_rows + 1):
+        density_scores(density, np.repeat(embeddings[:1], rows, 0), np.repeat(hidden[:1], rows, 0))
+
+
 def resolve_alpha(card: ModelCard, alpha: float | None) -> float | None:
     """The alpha a request is answered with: its own, else the model's default; None for
     a model without guarantees. Raises AlphaError naming the allowed range."""

@@ -6,8 +6,11 @@ answers in distribution, other random draws.
 
 JAX compiles (`jax.jit`) once per input shape, and adaptive batching makes
 many batch sizes. So images are padded (with zeros) to a bucket, a power of
-two up to the predictor's batch size, and the B*T sample rows to at most
-25 % more rows (m * 2**k, m in 4..7): a few compiles, made by `warm_up`.
+two up to the predictor's batch size, and the sum of T over the images, the
+sample rows, to a power of two up to 8 rows and to at most 25 % more rows
+above (m * 2**k, m in 4..7): a few compiles, made by `warm_up`. Powers of two
+for images keep the expensive compiles (the base's) few, at the price of up
+to twice the base's work on a batch just past a power of two.
 
     prefix   images (Bp, H, W, 3) -> embeddings (Bp, D), hidden (N, ...)     one compile per Bp
     suffix   hidden (N, ...), rows (Rp,), keys (Rp, 2), draws (Rp,)
@@ -71,6 +74,8 @@ def _padded(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def _values(model: keras.Model) -> tuple[list[Any], list[Any]]:
+    """The model's (trainable, non-trainable) variable values, for `stateless_call`: passed
+    as arguments, not baked into the compiled program as constants."""
     return [v.value for v in model.trainable_variables], [
         v.value for v in model.non_trainable_variables
     ]
@@ -89,18 +94,26 @@ class JaxSampling:
         self._extractor = extractor
         self._sampler = sampler
         self._rates = tuple(float(rate) for rate in rates)
-        self.batch_size = batch_size
+        self._batch_size = batch_size
+        self.traced = 0  # programs traced (each then compiled): warm-up checks count them
         self._prefix = jax.jit(self._prefix_call)
         self._suffix = jax.jit(self._suffix_call)
         self._predict = jax.jit(self._predict_call)
 
     @property
-    def compiled(self) -> int:
-        """How many programs are compiled so far (prefix and suffix), for warm-up checks."""
-        functions = (self._prefix, self._suffix, self._predict)
-        return sum(function._cache_size() for function in functions)
+    def batch_size(self) -> int:
+        """Most images in one call; the hidden rows are padded to it on the device."""
+        return self._batch_size
 
-    def _prefix_call(self, variables: tuple[list, list], images: jax.Array) -> tuple:
+    def _prefix_call(
+        self, variables: tuple[list, list], images: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """(embeddings (Bp, D), hidden rows padded to (N, ...)) of padded images (Bp, ...).
+
+        The pooling is `models.density.pool`'s (a mean over the spatial axes),
+        on the device: the two must stay equal.
+        """
+        self.traced += 1  # runs while tracing only: once per compiled shape
         (maps, hidden), _ = self._extractor.stateless_call(*variables, images, training=False)
         embeddings = jnp.mean(maps, axis=tuple(range(1, maps.ndim - 1)))  # (Bp, D)
         padding = [(0, self.batch_size - hidden.shape[0])] + [(0, 0)] * (hidden.ndim - 1)
@@ -114,6 +127,9 @@ class JaxSampling:
         keys: jax.Array,  # (Rp, 2) that image's key data
         draws: jax.Array,  # (Rp,) the row's sample number t
     ) -> jax.Array:
+        """Probabilities (Rp, C): each row's hidden row through the suffix, its masks drawn
+        from its image's key, its sample number and the Dropout's place."""
+        self.traced += 1
         sample_keys = jax.vmap(jax.random.fold_in)(
             jax.random.wrap_key_data(keys, impl=KEY_IMPL), draws
         )  # (Rp,)
@@ -133,16 +149,23 @@ class JaxSampling:
 
     def _predict_call(self, sampler: tuple[list, list], hidden: jax.Array) -> jax.Array:
         """Deterministic probabilities (N, C) from the prefix's hidden rows: masks of ones."""
+        self.traced += 1
         ones = [jnp.ones((hidden.shape[0], *shape), jnp.float32) for shape in self._mask_shapes]
         probabilities, _ = self._sampler.stateless_call(*sampler, [hidden, *ones], training=False)
         return probabilities
 
     @property
     def _mask_shapes(self) -> list[tuple[int, ...]]:
+        """Each Dropout's mask shape per row, from the sampler's mask inputs."""
         return [tuple(int(d) for d in tensor.shape[1:]) for tensor in self._sampler.inputs[1:]]
 
     def _padded_prefix(self, images: np.ndarray) -> tuple[jax.Array, jax.Array]:
         """The prefix on `images` padded to their bucket -> (embeddings, hidden), padded."""
+        if not 0 < len(images) <= self.batch_size:
+            raise ValueError(
+                f"Invalid value for `images`: expected 1 to batch_size={self.batch_size} "
+                f"images, received {len(images)}"
+            )
         batch = _padded(images, image_bucket(len(images), self.batch_size))
         return self._prefix(_values(self._extractor), batch)
 
@@ -182,17 +205,17 @@ class JaxSampling:
         n = len(images)
         return split, np.asarray(embeddings)[:n], np.asarray(hidden)[:n]
 
-    def warm_up(self, input_shape: tuple[int, ...], samples: Sequence[int]) -> None:
+    def warm_up(self, input_shape: tuple[int, ...], max_samples: int) -> None:
         """Compile the prefix for every image bucket, the deterministic suffix, and the
-        sampled suffix for every row bucket that up to `batch_size` images asking one T of
-        `samples` make."""
+        sampled suffix for every row bucket up to `batch_size` images of `max_samples`
+        samples each: any mix of T up to `max_samples` then compiles nothing."""
         sizes = {image_bucket(n, self.batch_size) for n in range(1, self.batch_size + 1)}
         for size in sorted(sizes):
             self._padded_prefix(np.zeros((size, *input_shape), np.float32))
         hidden = self._padded_prefix(np.zeros((1, *input_shape), np.float32))[1]
         self._predict(_values(self._sampler), hidden)
-        counts = {n * t for n in range(1, self.batch_size + 1) for t in samples}
-        for rows in sorted({row_bucket(count) for count in counts}):
+        most = row_bucket(self.batch_size * max_samples)
+        for rows in sorted({row_bucket(count) for count in range(1, most + 1)}):
             zeros = np.zeros(rows, np.int32)
             keys = np.zeros((rows, 2), np.uint32)
             self._suffix(_values(self._sampler), hidden, zeros, keys, zeros)

@@ -193,8 +193,9 @@ class MCDropoutPredictor:
         self._prefix = layers[:split]  # head layers before the first Dropout
         suffix = layers[split:]  # the first Dropout and everything after it
         self._sampler, self._dropouts = _sampler(suffix, self._extractor.outputs[1].shape)
-        self._fused = _fused(self._extractor, self._sampler, self._dropouts)
         self._jax = _jax_sampling(self._extractor, self._sampler, self._dropouts, batch_size)
+        if self._jax is None:
+            self._fused = _fused(self._extractor, self._sampler, self._dropouts)
 
     @property
     def num_classes(self) -> int:
@@ -228,16 +229,16 @@ class MCDropoutPredictor:
             hidden.append(x)  # (b, ...)
         return np.concatenate(embeddings, axis=0), np.concatenate(hidden, axis=0)
 
-    def warm_up(self, input_shape: tuple[int, ...], samples: Sequence[int] = (2,)) -> None:
+    def warm_up(self, input_shape: tuple[int, ...], max_samples: int = 2) -> None:
         """Trace the compiled graphs for any batch size, so no request pays for it.
 
         TensorFlow: two calls of different sizes; it then retraces once with
-        the batch dimension left open (`reduce_retracing`), and never again.
-        JAX compiles per shape: every image bucket, and every row bucket that
-        up to `batch_size` images asking one T of `samples` make.
+        the batch dimension left open (`reduce_retracing`), and never again,
+        whatever T. JAX compiles per shape: every image bucket, and every row
+        bucket of up to `batch_size` images with up to `max_samples` each.
         """
         if self._jax is not None:
-            self._jax.warm_up(input_shape, samples)
+            self._jax.warm_up(input_shape, max_samples)
             return
         for batch in (1, 2):
             images = np.zeros((batch, *input_shape), dtype="float32")
@@ -345,9 +346,12 @@ class MCDropoutPredictor:
         return draws, pool(maps), np.asarray(x)
 
     def _chunks(self, counts: list[int]) -> list[tuple[int, int]]:
-        """Consecutive image ranges of at most `batch_size` images and SUFFIX_VALUES
-        repeated values (at least one image each)."""
+        """Consecutive image ranges of at most `batch_size` images and (but on JAX, where
+        a split would run the base on two padded buckets) SUFFIX_VALUES repeated values
+        (at least one image each)."""
         width = int(np.prod([d for d in self._extractor.outputs[1].shape[1:]]))
+        if self._jax is not None:
+            width = 0
         chunks, start, values = [], 0, 0
         for i, count in enumerate(counts):
             if i > start and (

@@ -124,14 +124,25 @@ class Preprocessor:
     project's 2-core CPU). One graph per channel count (1, 3, 4), built on
     first use, or by `warm_up`. The output equals `preprocess_images` (a test
     checks).
+
+    On Keras' JAX backend the graph is a `jax.jit` program, which compiles
+    once per input shape; images then go through it one at a time, so it
+    compiles once per image size (and channel count), whatever the batch.
     """
 
     def __init__(self, config: PreprocessingConfig) -> None:
         self.config = config
         self._graphs: dict[int, keras.Model] = {}
+        self._per_image = keras.backend.backend() == "jax"
 
     def __call__(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         """A batch array, or a list of images of different sizes -> (B, H, W, 3) float32."""
+        if self._per_image:
+            if isinstance(images, np.ndarray):
+                _check_rank(images.shape)
+            if len(images) == 0:
+                return _by_size(images, self._run)  # its error
+            return np.concatenate([self._run(np.asarray(image)[None]) for image in images])
         return self._run(images) if isinstance(images, np.ndarray) else _by_size(images, self._run)
 
     def warm_up(self) -> None:
@@ -157,5 +168,5 @@ class Preprocessor:
         """image batch (B, H, W, channels) -> network input; raises for bad channels."""
         inputs = keras.Input(shape=(None, None, channels))
         graph = keras.Model(inputs, _Preprocess(self.config)(inputs))
-        graph.jit_compile = False  # XLA would compile once per image size
+        graph.jit_compile = self._per_image  # TensorFlow: XLA would compile per image size
         return graph

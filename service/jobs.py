@@ -16,7 +16,8 @@ runs (`service.batching`). Together they compute exactly what
 
 Image `index` of a request with `seed` draws its dropout masks from the
 stream (seed, index), exactly as `MCDropoutPredictor.sample(images, T,
-seed=seed)` does, so a batched answer equals the answer the request gets alone.
+seed=seed)` does, so a batched answer equals the answer the request gets alone
+(bit for bit on TensorFlow, within float32 rounding on JAX).
 """
 
 from __future__ import annotations

@@ -27,7 +27,14 @@ from starlette.responses import JSONResponse
 
 from adapters.images import ImageError, decode_image
 from adapters.model_store import StoredModel, require_model
-from models.answer import Alpha, Options, Resolved, build_answers, resolve_options
+from models.answer import (
+    Alpha,
+    Options,
+    Resolved,
+    build_answers,
+    resolve_options,
+    warm_up_scores,
+)
 from models.conformal import AlphaError
 from models.density import limit_blas_threads
 from models.fingerprint import weights_digest
@@ -94,13 +101,14 @@ class ApiService:
 
     @bentoml.on_startup
     def warm_up(self) -> None:
-        """Trace preprocessing and the model for any batch (on JAX: for the model's
-        default T; another T compiles its small suffix on first use), before the
-        service is ready."""
+        """Trace preprocessing and the model for any batch and T up to the limit, and
+        score every batch size, before the service is ready (JAX compiles per shape)."""
         self.preprocess.warm_up()
-        self.predictor.warm_up(self.card.input_shape, samples=(2, self.card.mc_samples))
+        self.predictor.warm_up(self.card.input_shape, max_samples=SETTINGS.max_samples)
         batch = jobs.request_jobs([np.zeros((8, 8), np.uint8)], seed=0, samples=2)
-        self._score(batch, self._sample(batch))
+        sampled = self._sample(batch)
+        self._score(batch, sampled)
+        warm_up_scores(self.density, sampled.embeddings, sampled.hidden, SETTINGS.max_batch_size)
 
     @bentoml.on_shutdown
     def stop_batching(self) -> None:

@@ -49,3 +49,19 @@ def predict_file(base: str, blob: bytes, seed: int = 7) -> dict:
     )
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def batch_counts(base: str) -> tuple[float, float]:
+    """Images and batches the service has run, from its /metrics histogram."""
+    text = httpx.get(f"{base}/metrics").text
+    return (
+        metric(text, "uqserve_batch_images_sum"),
+        metric(text, "uqserve_batch_images_count"),
+    )
+
+
+def metric(text: str, name: str) -> float:
+    """The sum of every sample of `name` in a Prometheus text page."""
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name)]
+    assert values, f"{name} not in /metrics"
+    return sum(values)

@@ -25,7 +25,7 @@ from models.mc_dropout import MCDropoutPredictor
 from tests.backends import BACKEND
 from tests.conftest import randomize_bn_statistics, tiny_model
 from tests.service_helpers import png
-from tests.serving import ROOT, predict_file, served
+from tests.serving import ROOT, batch_counts, predict_file, served
 
 OTHER = "jax" if BACKEND == "tensorflow" else "tensorflow"
 SAMPLES = 2000
@@ -131,11 +131,15 @@ def test_the_bento_serves_on_jax_batched_and_unmixed(bento, tag, tmp_path):
         assert httpx.get(f"{base}/metadata").json()["keras_backend"] == "jax"
         blobs = [png(300 + i) for i in range(8)]
         alone = [predict_file(base, blob, i)["predictions"][0] for i, blob in enumerate(blobs)]
+        images_before, batches_before = batch_counts(base)
         with ThreadPoolExecutor(max_workers=8) as pool:
             answers = pool.map(lambda i: predict_file(base, blobs[i % 8], i % 8), range(24))
             together = [answer["predictions"][0] for answer in answers]
+        images_after, batches_after = batch_counts(base)
         log = (tmp_path / "serve.log").read_text()
     assert "Traceback" not in log, log[-3000:]
+    assert images_after - images_before == 24  # every image ran exactly once
+    assert batches_after - batches_before < 24  # some batches held several requests
     for index, answer in enumerate(together):
         expected = alone[index % 8]
         assert abs(sum(answer["probabilities"]) - 1.0) < 1e-5
@@ -158,3 +162,36 @@ def test_training_refuses_the_jax_backend_and_says_the_fix():
     refused = _uqserve("predict", "--help", UQSERVE_KERAS_BACKEND="torch")
     assert refused.returncode == 2
     assert "Invalid value for `UQSERVE_KERAS_BACKEND`" in refused.stderr
+
+
+def test_the_jax_path_never_imports_tensorflow():
+    """Everything the JAX bento runs, in a process on JAX: the JAX GPU image has no
+    TensorFlow. (Not `tiny_model`: Keras' seed helper seeds TensorFlow when it can.)"""
+    script = """
+import sys
+import numpy as np
+from adapters.backend import select_backend
+select_backend()
+import keras
+from adapters import model_store
+from models.answer import sample_and_score
+from models.architecture import build_model
+from models.config import HeadConfig, ModelConfig, PreprocessingConfig
+from models.mc_dropout import MCDropoutPredictor
+from models.preprocessing import Preprocessor
+from service import batching, jobs, metadata, schemas
+config = ModelConfig(num_classes=3, preprocessing=PreprocessingConfig(image_size=(32, 32)),
+                     head=HeadConfig(hidden_units=(8,), dropout_rates=(0.5,)))
+predictor = MCDropoutPredictor(build_model(config, base_weights="none"))
+images = Preprocessor(config.preprocessing)([np.zeros((9, 9, 3), np.uint8)])
+draws, scores = sample_and_score(predictor, None, images, [3], [(0, 0)])
+model_store.enable_memory_growth()
+print(keras.backend.backend(), draws[0].shape, "tensorflow" in sys.modules)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "UQSERVE_KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)},
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["jax", "(3,", "3)", "False"]

@@ -17,7 +17,7 @@ import pytest
 
 from deploy.processes import BENTOML, free_port
 from tests.service_helpers import png
-from tests.serving import ROOT, predict_file
+from tests.serving import ROOT, batch_counts, predict_file
 
 pytestmark = pytest.mark.e2e
 
@@ -34,29 +34,14 @@ def test_built_bento_answers_predict(server, tag):
 def test_concurrent_requests_are_batched_and_never_mixed(server):
     blobs = [png(200 + i) for i in range(16)]
     alone = [predict_file(server, blob)["predictions"] for blob in blobs]
-    images_before, batches_before = _batch_counts(server)
+    images_before, batches_before = batch_counts(server)
     with ThreadPoolExecutor(max_workers=16) as pool:
         together = list(pool.map(lambda i: predict_file(server, blobs[i % 16]), range(48)))
     for index, body in enumerate(together):
         assert body["predictions"] == alone[index % 16]  # BN stats unchanged, no mixing
-    images_after, batches_after = _batch_counts(server)
+    images_after, batches_after = batch_counts(server)
     assert images_after - images_before == 48  # every image ran exactly once
     assert batches_after - batches_before < 48  # some batches held several requests
-
-
-def _batch_counts(base: str) -> tuple[float, float]:
-    """Images and batches the service has run, from its /metrics histogram."""
-    text = httpx.get(f"{base}/metrics").text
-    return (
-        _metric(text, "uqserve_batch_images_sum"),
-        _metric(text, "uqserve_batch_images_count"),
-    )
-
-
-def _metric(text: str, name: str) -> float:
-    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name)]
-    assert values, f"{name} not in /metrics"
-    return sum(values)
 
 
 def test_the_service_log_carries_no_tensorflow_start_up_noise(served_bento):

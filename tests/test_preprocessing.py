@@ -8,7 +8,7 @@ import pytest
 
 from models.config import PreprocessingConfig
 from models.preprocessing import Preprocessor, preprocess_images
-from tests.backends import tensorflow_only
+from tests.backends import jax_only, tensorflow_only
 
 CONFIG = PreprocessingConfig(image_size=(32, 32))
 
@@ -111,7 +111,7 @@ def test_the_compiled_preprocessor_equals_the_eager_function():
     np.testing.assert_allclose(preprocessor(batch), preprocess_images(batch, CONFIG), atol=1e-3)
 
 
-@tensorflow_only("counts tf.function retracing; on JAX the preprocessor runs op by op")
+@tensorflow_only("counts tf.function retracing; the JAX test of compiles is below")
 @pytest.mark.parametrize("channels", [None, 1, 3, 4])
 def test_after_warm_up_no_size_traces_the_graph_again(channels):
     preprocessor = Preprocessor(CONFIG)
@@ -124,3 +124,29 @@ def test_after_warm_up_no_size_traces_the_graph_again(channels):
         preprocessor(np.zeros(shape, "uint8"))
     assert graph.predict_function is compiled
     assert compiled.experimental_get_tracing_count() == traced
+
+
+@jax_only
+def test_on_jax_an_image_size_compiles_once_whatever_the_batch(monkeypatch):
+    """JAX compiles per input shape: images go through one at a time, so batches of 1, 2
+    and 5 images of one size, alone or mixed with others, trace the graph once."""
+    from models import preprocessing
+
+    traced = []
+    original = preprocessing.preprocess_batch
+    monkeypatch.setattr(
+        preprocessing, "preprocess_batch", lambda *a: traced.append(1) or original(*a)
+    )
+    pixels = np.random.default_rng(5).integers(0, 256, (5, 20, 20, 3)).astype("float32")
+    small = np.zeros((7, 7, 3), "float32")
+    preprocessor = Preprocessor(CONFIG)
+    first = preprocessor(pixels[:1])
+    once = len(traced)
+    assert once > 0
+    answers = [preprocessor(batch) for batch in (pixels[:2], pixels, [pixels[0], pixels[3]])]
+    assert len(traced) == once
+    mixed = preprocessor([pixels[0], small])
+    assert len(traced) > once  # the 7x7 image's program
+    assert [len(a) for a in (*answers, mixed)] == [2, 5, 2, 2]
+    np.testing.assert_allclose(answers[1], preprocess_images(pixels, CONFIG), atol=1e-3)
+    np.testing.assert_array_equal(mixed[:1], first)
