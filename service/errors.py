@@ -1,4 +1,5 @@
-"""Make BentoML's request-validation errors match the schema it publishes, and say what is wrong.
+"""The service's error answers: a 503 when overloaded, and BentoML's request-validation errors
+rewritten to match the schema it publishes, and say what is wrong.
 
 BentoML 1.4 answers a request that fails pydantic validation with a 400 whose
 `detail` is pydantic's list of errors, while its own OpenAPI schema declares
@@ -13,7 +14,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from starlette.responses import JSONResponse
+
 from service.limits import App, Message, Receive, Scope, Send
+
+
+def overloaded(max_latency_ms: int) -> JSONResponse:
+    """503 with a reason and a hint, when adaptive batching cannot meet the latency budget."""
+    error = (
+        "overloaded: the service cannot answer within the latency budget of "
+        f"{max_latency_ms} ms (UQSERVE_MAX_LATENCY_MS); retry later"
+    )
+    return JSONResponse({"error": error}, status_code=503, headers={"Retry-After": "1"})
 
 
 def describe(errors: list[dict[str, Any]]) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import bentoml
 import keras
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -37,4 +36,4 @@ async def metadata(request: Request) -> JSONResponse:
     return JSONResponse(body.model_dump())
 
 
-metadata_app = Starlette(routes=[Route("/metadata", metadata, methods=["GET"])])
+metadata_routes = [Route("/metadata", metadata, methods=["GET"])]

@@ -6,24 +6,55 @@ its builder in `models.answer`, which `uqserve predict` uses too.
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+import attrs
+import numpy as np
+from bentoml.validators import TensorSchema
+from pydantic import BaseModel, ConfigDict, Field
 
 from models.answer import Alpha, ImagePrediction, PredictionResponse, Samples, Seed
 
-Pixel = Union[StrictInt, StrictFloat]  # noqa: UP007 (pydantic needs a runtime union here)
-PixelArray = Union[  # noqa: UP007
-    list[list[Pixel]], list[list[list[Pixel]]], list[list[list[list[Pixel]]]]
-]
+
+@attrs.frozen(unsafe_hash=True)
+class PixelTensor(TensorSchema):
+    """BentoML's NumPy tensor field, strict about what it turns into numbers.
+
+    The schema says `"type": "tensor"`, so BentoML's clients send a NumPy
+    array as nested lists. On the way in, only an array or a rectangular
+    nested list of numbers is accepted (no strings, booleans or nulls, which
+    NumPy would quietly convert); every other error is a 400 naming `images`.
+    Shapes are checked by `service.decoding.check_array`.
+    """
+
+    def validate(self, obj: Any) -> np.ndarray:
+        try:
+            array = np.asarray(obj)
+        except (ValueError, TypeError):
+            raise ValueError("expected a rectangular nested list of numbers") from None
+        if array.dtype.kind not in "iuf":
+            raise ValueError(f"expected numbers, received {_kind(array)}")
+        return array.astype(np.float32, copy=False)
+
+
+def _kind(array: np.ndarray) -> str:
+    """What a non-numeric array holds, for an error message."""
+    names = {"b": "booleans", "U": "strings", "S": "bytes", "O": "a ragged list or nulls"}
+    return names.get(array.dtype.kind, f"dtype {array.dtype}")
+
+
+PixelBatch = Annotated[np.ndarray, PixelTensor("numpy-array", dtype="float32")]
 
 
 class ArrayRequest(BaseModel):
-    """Pixel arrays in [0, 255], shaped (H, W), (H, W, C) or (N, H, W, C)."""
+    """A batch of pixel arrays in [0, 255], batch axis first: (N, H, W) or (N, H, W, C)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    images: PixelArray
+    images: PixelBatch = Field(
+        description="A batch of images, batch axis first: (N, H, W) grayscale or (N, H, W, C) "
+        "with C in 1, 3, 4; pixels in [0, 255]. One image is a batch of one: [image]."
+    )
     samples: Samples | None = None
     seed: Seed | None = None
     alpha: Alpha | None = None
@@ -74,7 +105,7 @@ __all__ = [
     "ArrayRequest",
     "ImagePrediction",
     "ModelMetadata",
-    "PixelArray",
+    "PixelBatch",
     "PredictionResponse",
     "Samples",
     "Seed",

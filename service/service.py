@@ -16,13 +16,14 @@ slot, then the OOD score while the next batch runs).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 import bentoml
 import numpy as np
+from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 
 from adapters.images import ImageError, decode_image
@@ -39,16 +40,16 @@ from models.conformal import AlphaError
 from models.density import limit_blas_threads
 from models.fingerprint import weights_digest
 from models.preprocessing import Preprocessor
-from service import jobs
+from service import jobs, open_inference
 from service.batching import Batcher, Overloaded
 from service.decoding import BadInput, check_array
-from service.errors import ValidationErrors
+from service.errors import ValidationErrors, overloaded
 from service.limits import RequestLimits
-from service.metadata import metadata_app
+from service.metadata import metadata_routes
 from service.metrics import observe
 from service.schemas import (
     ArrayRequest,
-    PixelArray,
+    PixelBatch,
     PredictionResponse,
     Samples,
     Seed,
@@ -64,16 +65,7 @@ def _bad(error: BadInput | ImageError) -> JSONResponse:
     return JSONResponse({"error": str(error)}, status_code=400)
 
 
-def _overloaded() -> JSONResponse:
-    """503 with a reason and a hint, when adaptive batching cannot meet the latency budget."""
-    error = (
-        "overloaded: the service cannot answer within the latency budget of "
-        f"{SETTINGS.max_latency_ms} ms (UQSERVE_MAX_LATENCY_MS); retry later"
-    )
-    return JSONResponse({"error": error}, status_code=503, headers={"Retry-After": "1"})
-
-
-@bentoml.asgi_app(metadata_app, path="/")
+@bentoml.asgi_app(Starlette(routes=[*metadata_routes, *open_inference.routes]), path="/")
 @bentoml.service(
     name="uqserve",
     workers=SETTINGS.workers,
@@ -81,7 +73,8 @@ def _overloaded() -> JSONResponse:
     traffic={"timeout": SETTINGS.request_timeout_s},
 )
 class ApiService:
-    """`/predict` (image files), `/predict_array` (JSON), `GET /metadata`, `/weights_digest`."""
+    """`/predict` (image files), `/predict_array` (JSON), `GET /metadata`, `/weights_digest`,
+    and the Open Inference Protocol under `/v2` (`service.open_inference`)."""
 
     bento_model = bentoml.models.BentoModel(SETTINGS.model)
 
@@ -123,7 +116,7 @@ class ApiService:
         """A batch's OOD scores (blocking: a worker thread, after the slot)."""
         return jobs.answer_jobs(self.density, sampled)
 
-    def _prepare(
+    def prepare_request(
         self, images: list[np.ndarray], options: Options
     ) -> tuple[list[jobs.ImageJob], Resolved]:
         """Limits and defaults -> (the request's jobs, resolved options). Cheap."""
@@ -137,12 +130,18 @@ class ApiService:
         return jobs.request_jobs(images, resolved.seed, resolved.samples), resolved
 
     async def _answer(self, prepare: Callable[[], tuple[list[jobs.ImageJob], Resolved]]) -> Any:
-        """Run the blocking `prepare` in a worker thread, batch, build the response."""
-        request, (samples, seed, alpha) = await anyio.to_thread.run_sync(prepare)
+        """Run the blocking `prepare` in a worker thread, batch, answer (503 when shed)."""
         try:
-            answers = await self.batch(request)
+            return await self.predict_jobs(*await anyio.to_thread.run_sync(prepare))
         except Overloaded:  # shed by the dispatcher: past the latency budget
-            return _overloaded()
+            return overloaded(SETTINGS.max_latency_ms)
+
+    async def predict_jobs(
+        self, request: list[jobs.ImageJob], resolved: Resolved
+    ) -> PredictionResponse:
+        """A prepared request's answers, batched with others'; raises `Overloaded` if shed."""
+        samples, seed, alpha = resolved
+        answers = await self.batch(request)
         draws, scores = jobs.stack_answers(answers)  # (n, T, C), (n,)
         predictions = build_answers(draws, scores, self.card, alpha)
         observe.predictions(predictions, samples)
@@ -150,19 +149,28 @@ class ApiService:
             model=self.tag, samples=samples, seed=seed, alpha=alpha, predictions=predictions
         )
 
-    def _read(self, files: list[Path]) -> list[np.ndarray]:
+    def decode_files(self, files: Sequence[tuple[int, Callable[[], bytes]]],
+                     field: str) -> list[np.ndarray]:  # fmt: skip
+        """(size, read) per image file -> decoded pixels, the count and each size checked
+        before anything is read; `field` names the input in errors."""
         if len(files) > SETTINGS.max_images:
-            raise BadInput(f"files: {len(files)} images exceeds the limit of {SETTINGS.max_images}")
+            raise BadInput(
+                f"{field}: {len(files)} images exceeds the limit of {SETTINGS.max_images}"
+            )
         images = []
-        for index, path in enumerate(files):
-            name = f"files[{index}]"
-            size = path.stat().st_size
+        for index, (size, read) in enumerate(files):
+            name = f"{field}[{index}]"
             if size > SETTINGS.max_file_bytes:
                 raise BadInput(
                     f"{name}: {size} bytes exceeds the limit of {SETTINGS.max_file_bytes}"
                 )
-            images.append(decode_image(path.read_bytes(), name, SETTINGS.max_pixels))
+            images.append(decode_image(read(), name, SETTINGS.max_pixels))
         return images
+
+    def _read(self, files: list[Path]) -> list[np.ndarray]:
+        return self.decode_files(
+            [(path.stat().st_size, path.read_bytes) for path in files], "files"
+        )
 
     @bentoml.api(route="/predict")
     async def predict(
@@ -175,24 +183,24 @@ class ApiService:
         """Image files (PNG, JPEG, BMP, GIF, WebP) as a multipart form."""
         options = Options(samples=samples, seed=seed, alpha=alpha)
         try:
-            return await self._answer(lambda: self._prepare(self._read(files), options))
+            return await self._answer(lambda: self.prepare_request(self._read(files), options))
         except (BadInput, ImageError) as error:
             return _bad(error)
 
     @bentoml.api(route="/predict_array", input_spec=ArrayRequest)
     async def predict_array(
         self,
-        images: PixelArray,
+        images: PixelBatch,
         samples: Samples | None = None,
         seed: Seed | None = None,
         alpha: Alpha | None = None,
     ) -> PredictionResponse:
-        """Pixel arrays in [0, 255]: (H, W), (H, W, C) or (N, H, W, C)."""
+        """A batch of pixel arrays in [0, 255], batch axis first: (N, H, W) or (N, H, W, C)."""
         options = Options(samples=samples, seed=seed, alpha=alpha)
 
         def prepare() -> tuple[list[jobs.ImageJob], Resolved]:
             array = check_array(images, SETTINGS.max_images, SETTINGS.max_pixels)
-            return self._prepare(list(array), options)
+            return self.prepare_request(list(array), options)
 
         try:
             return await self._answer(prepare)
