@@ -19,10 +19,11 @@ BENCH_ARGS ?=
 PEER_ARGS ?=
 LOADTEST_ARGS ?=
 BENCH_OUTPUT ?= reports/bench
+KSERVE_VENV ?= .venv-kserve
 JAX_TESTS ?= tests/test_mc_dropout.py tests/test_preprocessing.py tests/test_uncertainty.py \
 	tests/test_density.py
 
-.PHONY: install train model serve bento container container-test loadtest bench precision soak test test-jax device-wheels device-check lint format clean
+.PHONY: install kserve-client train model serve bento container container-test loadtest bench precision soak test test-jax device-wheels device-check lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +32,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP) ## a .venv with the project and its dev tools
+
+$(KSERVE_VENV)/.installed: $(STAMP)
+	$(BIN)/uv venv -q --python $(BIN)/python $(KSERVE_VENV)
+	$(BIN)/uv pip install -q --python $(KSERVE_VENV)/bin/python "kserve>=0.14,<1"
+	touch $@
+
+kserve-client: $(KSERVE_VENV)/.installed ## the KServe Python SDK in its own venv ($(KSERVE_VENV)), for the tests that call the service with it
 
 train: $(STAMP) ## train on digits and export to the model store (ARGS="--epochs 5 ...")
 	$(BIN)/uqserve train $(ARGS)
@@ -84,9 +92,9 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: $(STAMP) ## lint, the whole test suite on TensorFlow, then the model's tests on JAX
+test: $(STAMP) $(KSERVE_VENV)/.installed ## lint, the whole test suite on TensorFlow, then the model's tests on JAX
 	$(MAKE) lint
-	$(BIN)/python -m pytest $(ARGS)
+	UQSERVE_KSERVE_PYTHON=$(KSERVE_VENV)/bin/python $(BIN)/python -m pytest $(ARGS)
 	$(MAKE) test-jax
 
 test-jax: $(STAMP) ## the predictor, preprocessing, uncertainty and density tests on Keras' JAX backend

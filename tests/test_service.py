@@ -118,17 +118,17 @@ def test_every_format_is_accepted(client, fmt):
 @pytest.mark.parametrize(
     "array",
     [
-        np.full((10, 12), 100.0),  # (H, W)
-        np.full((10, 12, 3), 100.0),  # (H, W, C)
-        np.full((3, 10, 12, 4), 100.0),  # (N, H, W, C)
+        np.full((1, 10, 12), 100.0),  # (N, H, W)
+        np.full((3, 10, 12), 100.0),
+        np.full((1, 10, 12, 3), 100.0),  # (N, H, W, C)
+        np.full((3, 10, 12, 4), 100.0),
         np.full((2, 10, 12, 1), 100.0),
     ],
 )
 def test_predict_array_shapes(client, tag, array):
     response = client.post("/predict_array", json={"images": array.tolist(), "samples": 4})
     assert response.status_code == 200, response.text
-    images = array.shape[0] if array.ndim == 4 else 1
-    _check_response(response.json(), images=images, samples=4, tag=tag)
+    _check_response(response.json(), images=array.shape[0], samples=4, tag=tag)
 
 
 def test_array_and_file_give_the_same_answer(client):
@@ -136,7 +136,7 @@ def test_array_and_file_give_the_same_answer(client):
     blob = encode(Image.fromarray(pixels), "PNG")
     as_file = client.post("/predict", files=_files(blob), data={"samples": "5", "seed": "9"})
     as_array = client.post(
-        "/predict_array", json={"images": pixels.tolist(), "samples": 5, "seed": 9}
+        "/predict_array", json={"images": [pixels.tolist()], "samples": 5, "seed": 9}
     )
     assert as_file.json()["predictions"] == as_array.json()["predictions"]
 
@@ -225,7 +225,7 @@ def test_alpha_sets_nest_and_default_from_the_model(client, tag):
 
 
 def test_one_sample_uses_the_single_sample_calibration(client, tag):
-    response = client.post("/predict_array", json={"images": [[0, 255], [255, 0]], "samples": 1})
+    response = client.post("/predict_array", json={"images": [[[0, 255], [255, 0]]], "samples": 1})
     assert response.status_code == 200, response.text
     _check_response(response.json(), images=1, samples=1, tag=tag)
 
@@ -246,6 +246,6 @@ def test_alpha_that_is_not_a_number_is_a_400(client):
 
 def test_alpha_below_one_over_n_plus_one_names_the_range(client, tag):
     n = StoredModel.open(tag).card.guarantees.mc.sets.n
-    response = client.post("/predict_array", json={"images": [[1, 2], [3, 4]], "alpha": 0.5 / n})
+    response = client.post("/predict_array", json={"images": [[[1, 2], [3, 4]]], "alpha": 0.5 / n})
     assert response.status_code == 400
     assert f"1/(n+1)={1 / (n + 1)}" in response.json()["error"]

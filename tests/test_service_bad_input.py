@@ -102,7 +102,7 @@ def test_non_numeric_content_length_is_refused(client):
         ("/predict_array", b"[" * 20_000 + b"]" * 20_000, "application/json"),
         ("/predict_array", b'{"images": {"a": 1}}', "application/json"),
         ("/predict_array", b'{"images": null}', "application/json"),
-        ("/predict_array", b'{"images": [[1, 2], [3, 4]], "samples": true}', "application/json"),
+        ("/predict_array", b'{"images": [[[1, 2], [3, 4]]], "samples": true}', "application/json"),
     ],
     ids=[
         "json to /predict", "raw png to /predict", "empty multipart", "form to /predict_array",
@@ -158,22 +158,32 @@ def test_a_form_without_boundary_or_with_a_huge_text_field_is_refused(client):
     assert response.status_code == 400 and "text field longer than" in _message(response)
 
 
+ONE = [[[1, 2], [3, 4]]]  # a batch of one 2x2 grayscale image
 ARRAY_CASES = [
     ("rank 1", {"images": [1, 2, 3]}, "images"),
+    ("one image without its batch axis", {"images": [[1, 2], [3, 4]]}, "batch of one: [image]"),
+    (
+        "one colour image without its batch axis",
+        {"images": np.zeros((8, 8, 3)).tolist()},
+        "ambiguous",
+    ),
     ("rank 5", {"images": np.zeros((1, 1, 2, 2, 3)).tolist()}, "images"),
-    ("ragged", {"images": [[1, 2], [3]]}, "images"),
-    ("strings", {"images": [["a", "b"], ["c", "d"]]}, "images"),
-    ("booleans", {"images": [[True, False], [True, True]]}, "images"),
-    ("out of range", {"images": [[300.0, 1.0], [1.0, 1.0]]}, "[0, 255]"),
-    ("negative", {"images": [[-1.0, 1.0], [1.0, 1.0]]}, "[0, 255]"),
+    ("ragged", {"images": [[[1, 2], [3]]]}, "images"),
+    ("strings", {"images": [[["a", "b"], ["c", "d"]]]}, "images"),
+    ("booleans", {"images": [[[True, False], [True, True]]]}, "images"),
+    ("nulls", {"images": [[[None, 1], [1, 1]]]}, "images"),
+    ("an object", {"images": [[{"a": 1}]]}, "images"),
+    ("out of range", {"images": [[[300.0, 1.0], [1.0, 1.0]]]}, "[0, 255]"),
+    ("negative", {"images": [[[-1.0, 1.0], [1.0, 1.0]]]}, "[0, 255]"),
     ("two channels", {"images": np.zeros((1, 4, 4, 2)).tolist()}, "channels"),
     ("too many images", {"images": np.zeros((5, 4, 4, 3)).tolist()}, "limit of 4"),
-    ("too many pixels", {"images": np.zeros((400, 300)).tolist()}, "pixels"),
+    ("too many pixels", {"images": np.zeros((1, 400, 300)).tolist()}, "pixels"),
     ("empty", {"images": []}, "images"),
-    ("samples a string", {"images": [[1, 2], [3, 4]], "samples": "ten"}, "samples"),
-    ("samples too many", {"images": [[1, 2], [3, 4]], "samples": 1000}, "limit of 50"),
-    ("seed a float", {"images": [[1, 2], [3, 4]], "seed": 1.5}, "seed"),
-    ("unknown field", {"images": [[1, 2], [3, 4]], "temperature": 2}, "temperature"),
+    ("no images", {"images": [[]]}, "images"),
+    ("samples a string", {"images": ONE, "samples": "ten"}, "samples"),
+    ("samples too many", {"images": ONE, "samples": 1000}, "limit of 50"),
+    ("seed a float", {"images": ONE, "seed": 1.5}, "seed"),
+    ("unknown field", {"images": ONE, "temperature": 2}, "temperature"),
     ("missing images", {"samples": 3}, "images"),
 ]
 
@@ -187,7 +197,7 @@ def test_bad_array_request(client, case, body, named):
 
 @pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
 def test_non_finite_values(client, token):
-    body = '{"images": [[1.0, 2.0], [3.0, ' + token + "]]}"
+    body = '{"images": [[[1.0, 2.0], [3.0, ' + token + "]]]}"
     response = client.post(
         "/predict_array", content=body, headers={"content-type": "application/json"}
     )
@@ -215,7 +225,7 @@ def test_service_still_answers_correctly_afterwards(client):
 
 
 def test_validation_errors_name_the_field_and_match_the_published_schema(client):
-    response = client.post("/predict_array", json={"images": [[1, 2], [3, 4]], "samples": 0})
+    response = client.post("/predict_array", json={"images": ONE, "samples": 0})
     body = response.json()
     assert response.status_code == 400
     assert body["error"].startswith("samples: ") and isinstance(body["detail"], str)
