@@ -1,4 +1,5 @@
-"""Locust users for uqserve: a mix of /predict (one and several images) and /predict_array.
+"""Locust users for uqserve: /predict (one and several images), /predict_array, and the
+Open Inference Protocol's /v2/models/<name>/infer as `tritonclient` sends it (binary data).
 
 Every response is checked; anything but a correct answer counts as a failure.
 Images are real: scikit-learn's bundled digits written as PNG files under
@@ -12,13 +13,32 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 from locust import FastHttpUser, between, events, task
+from tritonclient.http import InferenceServerClient, InferInput
 
 from load_tests.payloads import SAMPLES, make_payloads, pixel_arrays
 
 PATHS = make_payloads()
 FILES = [p.read_bytes() for p in PATHS]
-ARRAYS = [a.tolist() for a in pixel_arrays(PATHS)]
+PIXELS = pixel_arrays(PATHS)  # (H, W) uint8 each
+ARRAYS = [[a.tolist()] for a in PIXELS]  # a batch of one, (1, H, W)
+V2 = "/v2/models/[model]/infer"
+HEADER = "Inference-Header-Content-Length"
+
+
+def infer_body(pixels: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    """A v2 request for one image, as tritonclient encodes it by default: binary input,
+    every output binary; -> (body, headers)."""
+    tensor = InferInput("images", [1, *pixels.shape], "UINT8")
+    tensor.set_data_from_numpy(pixels[None].astype(np.uint8))
+    body, json_size = InferenceServerClient.generate_request_body(
+        [tensor], parameters={"samples": SAMPLES}
+    )
+    return body, {HEADER: str(json_size)}
+
+
+BODIES = [infer_body(a) for a in PIXELS]
 
 
 def check(response, images: int, classes: int) -> None:
@@ -48,8 +68,39 @@ def check(response, images: int, classes: int) -> None:
     response.success()
 
 
+def check_v2(response, classes: int) -> None:
+    """Mark a v2 response failed unless its tensors are a complete, valid answer for one image."""
+    if response.status_code != 200:
+        response.failure(f"status {response.status_code}: {response.text[:200]}")
+        return
+    try:
+        length = response.headers.get(HEADER)
+        result = InferenceServerClient.parse_response_body(
+            response.content, header_length=None if length is None else int(length)
+        )
+        probabilities, variance = result.as_numpy("probabilities"), result.as_numpy("variance")
+        index, label = result.as_numpy("class_index"), result.as_numpy("label")
+    except Exception as error:  # anything unreadable is a failed answer
+        response.failure(f"not an inference response: {error!r}")
+        return
+    if (
+        probabilities is None
+        or probabilities.shape != (1, classes)
+        or variance.shape != (1, classes)
+    ):
+        response.failure(
+            f"expected probabilities (1, {classes}), got {getattr(probabilities, 'shape', None)}"
+        )
+    elif abs(float(probabilities.sum()) - 1.0) > 1e-4 or variance.min() < 0.0:
+        response.failure("probabilities that do not sum to 1, or a negative variance")
+    elif int(index[0]) != int(probabilities.argmax()) or len(label) != 1:
+        response.failure("class_index is not the most probable class")
+    else:
+        response.success()
+
+
 class ServiceUser(FastHttpUser):
-    """One client: mostly single images, some batches, some JSON arrays.
+    """One client: mostly single images, some batches, some JSON arrays, some v2 requests.
 
     FastHttpUser (geventhttpclient): Locust shares the machine with the
     service, and it used a fifth less CPU per request than HttpUser here.
@@ -58,7 +109,9 @@ class ServiceUser(FastHttpUser):
     wait_time = between(0.0, 0.2)
 
     def on_start(self) -> None:
-        self.classes = len(self.client.get("/metadata").json()["class_names"])
+        metadata = self.client.get("/metadata").json()
+        self.classes = len(metadata["class_names"])
+        self.infer_path = f"/v2/models/{metadata['model'].split(':')[0]}/infer"
 
     def _post_files(self, count: int, name: str) -> None:
         chosen = random.sample(range(len(FILES)), count)
@@ -83,6 +136,13 @@ class ServiceUser(FastHttpUser):
         with self.client.post("/predict_array", data=body, headers=headers,
                               catch_response=True) as response:  # fmt: skip
             check(response, 1, self.classes)
+
+    @task(2)
+    def open_inference(self) -> None:
+        body, headers = random.choice(BODIES)
+        with self.client.post(self.infer_path, data=body, headers=headers, name=V2,
+                              catch_response=True) as response:  # fmt: skip
+            check_v2(response, self.classes)
 
 
 @events.quitting.add_listener

@@ -34,7 +34,12 @@ from models.config import BASE_DTYPES
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BIN = Path(sys.executable).parent
-IMAGES_PER_REQUEST = {"/predict [1 image]": 1, "/predict [4 images]": 4, "/predict_array": 1}
+IMAGES_PER_REQUEST = {
+    "/predict [1 image]": 1,
+    "/predict [4 images]": 4,
+    "/predict_array": 1,
+    "/v2/models/[model]/infer": 1,
+}
 
 
 def run_locust(
@@ -95,7 +100,20 @@ def served_throughput(output: Path, seconds: float) -> dict[str, float]:
     requests = sum(int(row["Request Count"]) for row in rows)
     failures = sum(int(row["Failure Count"]) for row in rows)
     return {"images_per_s": images / seconds, "requests_per_s": requests / seconds,
-            "requests": requests, "failures": failures}  # fmt: skip
+            "requests": requests, "failures": failures,
+            "per_task": {row["Name"]: _task_figures(row, seconds) for row in rows}}  # fmt: skip
+
+
+def _task_figures(row: dict[str, str], seconds: float) -> dict[str, float]:
+    """One Locust task's requests, requests/s, failures and latencies (ms) from its stats row."""
+    return {
+        "requests": int(row["Request Count"]),
+        "requests_per_s": int(row["Request Count"]) / seconds,
+        "failures": int(row["Failure Count"]),
+        "mean_ms": float(row["Average Response Time"]),
+        "p50_ms": float(row["50%"]),
+        "p99_ms": float(row["99%"]),
+    }
 
 
 def inprocess_throughput(

@@ -145,6 +145,9 @@ async def infer(request: Request) -> Response:
     api = _service()
     if missing := _unknown_model(api, request):
         return missing
+    encoding = request.headers.get("content-encoding", "identity").lower()
+    if encoding != "identity":
+        return _error(f"Content-Encoding: {encoding} is not supported; send the body as is", 415)
     body = await request.body()
     try:
         prepared = await anyio.to_thread.run_sync(

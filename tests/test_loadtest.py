@@ -39,6 +39,10 @@ def test_make_bench_runs_on_a_short_budget_with_no_failed_request(tag, bento, tm
     summary = json.loads((served / "summary.json").read_text())
     assert summary["served"]["failures"] == 0
     assert summary["served"]["requests"] > 0
+    tasks = summary["served"]["per_task"]
+    assert set(tasks) == {"/predict [1 image]", "/predict [4 images]", "/predict_array",
+                          "/v2/models/[model]/infer"}, tasks  # fmt: skip
+    assert all(task["requests"] > 0 and task["failures"] == 0 for task in tasks.values()), tasks
     assert summary["adaptive_batches"]["images"] > 0
     assert summary["weights"]["unchanged"] is True  # BN statistics included, bit for bit
     assert summary["weights"]["sha256_before"] == summary["weights"]["sha256_after"]

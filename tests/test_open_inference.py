@@ -11,6 +11,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tritonclient.http import InferenceServerClient, InferInput, InferRequestedOutput
 
 from adapters.model_store import StoredModel
@@ -254,6 +256,12 @@ def test_bad_files_are_a_400(client, tag, elements, names):
     assert "files" in response.json()["error"]
 
 
+def test_a_compressed_body_is_a_415(client, tag):
+    response = client.post(_path(tag), content=b"\x1f\x8b", headers={"content-encoding": "gzip"})
+    assert response.status_code == 415
+    assert "Content-Encoding: gzip" in response.json()["error"]
+
+
 def test_a_body_over_the_limit_is_a_413(client, tag):
     response = client.post(_path(tag), content=b"x" * 1_000_001)
     assert response.status_code == 413
@@ -277,3 +285,42 @@ def test_predict_array_refuses_what_is_ambiguous(client, shape, names):
     response = client.post("/predict_array", json={"images": np.zeros(shape).tolist()})
     assert response.status_code == 400, response.text
     assert names in response.json()["error"]
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-300, 300) | st.floats() | st.text(max_size=5),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
+    max_leaves=12,
+)
+TENSOR = st.fixed_dictionaries(
+    {"name": st.sampled_from(["images", "files", "x"]),
+     "datatype": st.sampled_from(["UINT8", "FP32", "BYTES", "BOOL", "INT64"]),
+     "shape": st.lists(st.integers(-2, 5), max_size=5)},
+    optional={"data": JSON, "parameters": st.dictionaries(
+        st.sampled_from(["binary_data_size", "x"]), st.integers(-2, 40) | JSON, max_size=2)},
+)  # fmt: skip
+REQUEST = st.fixed_dictionaries(
+    {"inputs": st.lists(TENSOR, max_size=2)},
+    optional={"parameters": st.dictionaries(st.sampled_from(["samples", "seed", "alpha",
+                                                             "binary_data_output", "x"]),
+                                            JSON, max_size=3),
+              "outputs": st.lists(st.fixed_dictionaries({"name": st.sampled_from(
+                  ["label", "probabilities", "x"])}, optional={"parameters": JSON}), max_size=2),
+              "id": JSON},
+)  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None, database=None,
+          suppress_health_check=list(HealthCheck))  # fmt: skip
+@given(request=REQUEST, tail=st.binary(max_size=48), header=st.none() | st.integers(-1, 400))
+def test_no_request_yields_a_5xx(client, tag, request, tail, header):
+    """Generated requests, JSON and binary, valid or not: a 200 or a 4xx with a message."""
+    head = json.dumps(request).encode()
+    headers = {} if header is None else {HEADER: str(header)}
+    response = client.post(_path(tag), content=head + tail if header is not None else head,
+                           headers=headers)  # fmt: skip
+    assert response.status_code == 200 or 400 <= response.status_code < 500, response.text
+    if response.status_code != 200:
+        assert response.json()["error"]
