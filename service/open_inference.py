@@ -25,6 +25,7 @@ overloaded.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -163,12 +164,14 @@ async def infer(request: Request) -> Response:
     return _respond(api, prepared, answer)
 
 
+@dataclass(frozen=True)
 class _Prepared:
-    """A decoded and checked request: its jobs, options, and the outputs it wants."""
+    """A decoded and checked request: its jobs, options, id, and the outputs it wants."""
 
-    def __init__(self, jobs: list[jobs.ImageJob], resolved: Resolved, request_id: str | None,
-                 outputs: list[tuple[str, bool]]) -> None:  # fmt: skip
-        self.jobs, self.resolved, self.id, self.outputs = jobs, resolved, request_id, outputs
+    jobs: list[jobs.ImageJob]
+    resolved: Resolved
+    id: str | None
+    outputs: list[tuple[str, bool]]  # (name, as binary data)
 
 
 def _prepare(api: Any, body: bytes, header_length: str | None) -> _Prepared:
@@ -176,22 +179,35 @@ def _prepare(api: Any, body: bytes, header_length: str | None) -> _Prepared:
     API's (limits, decoding, options)."""
     decoded = read_request(body, header_length)
     request = decoded.request
+    _check_named(api, request.model_name, request.model_version)
     if len(request.inputs) != 1:
         raise ProtocolError(
             f"inputs: expected one input, images or files, received {len(request.inputs)}"
         )
+    options, outputs = _options(request.parameters), _outputs(api, request)  # before decoding
     images = _images(api, request.inputs[0].name, request.inputs[0].datatype, decoded.values[0])
-    unknown = set(request.parameters) - set(PARAMETERS) - set(TRANSPORT)
+    request_jobs, resolved = api.prepare_request(images, options)
+    return _Prepared(request_jobs, resolved, request.id, outputs)
+
+
+def _options(parameters: dict[str, Any]) -> Options:
+    """The request's parameters -> the native API's options (same checks, same messages)."""
+    unknown = set(parameters) - set(PARAMETERS) - set(TRANSPORT)
     if unknown:
         raise ProtocolError(f"parameters: unknown {sorted(unknown)}; "
                             f"this model reads {list(PARAMETERS)}")  # fmt: skip
     try:
-        options = Options(**{key: request.parameters[key] for key in PARAMETERS
-                             if key in request.parameters})  # fmt: skip
+        return Options(**{key: parameters[key] for key in PARAMETERS if key in parameters})
     except ValidationError as error:
         raise ProtocolError(f"parameters.{describe(error.errors(include_url=False))}") from None
-    request_jobs, resolved = api.prepare_request(images, options)
-    return _Prepared(request_jobs, resolved, request.id, _outputs(api, request))
+
+
+def _check_named(api: Any, name: str | None, version: str | None) -> None:
+    """A request's own `model_name` or `model_version`, when given, must be the model served."""
+    served, served_version = _name_and_version(api)
+    if name not in (None, served) or version not in (None, "", served_version):
+        raise ProtocolError(f"model_name/model_version: {name} {version} is not the model "
+                            f"served, {served} version {served_version}")  # fmt: skip
 
 
 def _images(

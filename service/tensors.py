@@ -81,6 +81,8 @@ class InferenceRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str | None = None
+    model_name: str | None = None  # the KServe SDK sends it; must be the path's if given
+    model_version: str | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
     inputs: list[InputTensor]
     outputs: list[RequestedOutput] | None = None

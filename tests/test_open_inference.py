@@ -185,6 +185,7 @@ BAD_JSON = [
         {"inputs": [{"name": "files", "datatype": "BYTES", "shape": [1], "data": ["x"]}]},
         "binary data",
     ),
+    ("another model_name", _images(model_name="other"), "is not the model served"),
     ("unknown parameter", _images(parameters={"sample": 3}), "unknown ['sample']"),
     ("samples a string", _images(parameters={"samples": "3"}), "samples"),
     ("samples over the limit", _images(parameters={"samples": 51}), "limit of 50"),
