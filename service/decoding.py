@@ -27,8 +27,8 @@ def check_array(array: np.ndarray, max_images: int, max_pixels: int) -> np.ndarr
         n, h, w = array.shape
         raise BadInput(
             f"images: shape {array.shape} is ambiguous: {n} grayscale images {h}x{w}, or one "
-            f"{n}x{h} image with {w} channels; send a batch as (N, H, W, C) (one image: "
-            f"[image], shape (1, {n}, {h}, {w}))"
+            f"{n}x{h} image with {w} channel{'s' * (w > 1)}; send a batch as (N, H, W, C) "
+            f"(one image: [image], shape (1, {n}, {h}, {w}))"
         )
     return check_batch(array, "images", max_images, max_pixels)
 

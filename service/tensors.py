@@ -120,7 +120,7 @@ def read_request(body: bytes, header_length: str | None) -> Decoded:
 
 
 def _header_size(value: str, body_size: int) -> int:
-    if not value.isdigit() or int(value) > body_size:
+    if not (value.isascii() and value.isdigit()) or int(value) > body_size:
         raise ProtocolError(
             f"Inference-Header-Content-Length: expected a byte count up to the body's "
             f"{body_size}, received {value!r}"

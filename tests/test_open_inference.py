@@ -208,7 +208,7 @@ def test_a_bad_request_is_a_400_naming_the_problem(client, tag, why, body, names
     assert names in response.json()["error"]
 
 
-def _binary(header: dict, payload: bytes, length: str | None = None):
+def _binary(header: dict, payload: bytes, length: str | bytes | None = None):
     head = json.dumps(header).encode()
     return head + payload, {HEADER: str(len(head)) if length is None else length}
 
@@ -232,7 +232,7 @@ def test_bad_binary_data_is_a_400(client, tag, why, size, payload, names):
     assert names in response.json()["error"]
 
 
-@pytest.mark.parametrize("length", ["-1", "abc", "100000"])
+@pytest.mark.parametrize("length", ["-1", "abc", "100000", b"\xb2"], ids=["-1", "abc", "big", "²"])
 def test_a_bad_header_length_is_a_400(client, tag, length):
     content, headers = _binary(_images(), b"", length=length)
     response = client.post(_path(tag), content=content, headers=headers)
