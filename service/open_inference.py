@@ -99,9 +99,10 @@ def model_outputs(api: Any) -> list[str]:
 
 
 async def server_metadata(request: Request) -> JSONResponse:
-    """GET /v2: the server's name, version and protocol extensions."""
-    return JSONResponse({"name": "uqserve", "version": bentoml.__version__,
-                         "extensions": EXTENSIONS})  # fmt: skip
+    """GET /v2: the server's name, version (the bento's; "not available" from source) and
+    protocol extensions."""
+    version = bentoml.server_context.bento_version
+    return JSONResponse({"name": "uqserve", "version": version, "extensions": EXTENSIONS})
 
 
 async def live(request: Request) -> JSONResponse:

@@ -64,13 +64,15 @@ def _text(label: bytes | str) -> str:
     return label.decode() if isinstance(label, bytes) else label
 
 
-def test_tritonclient(server, tag):
+def test_tritonclient(server, tag, bento):
     name, version = tag.split(":")
     client = triton.InferenceServerClient(server.removeprefix("http://"), network_timeout=120)
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready(name) and client.is_model_ready(name, version)
     assert not client.is_model_ready("nope")
-    assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+    server_metadata = client.get_server_metadata()
+    assert "binary_tensor_data" in server_metadata["extensions"]
+    assert server_metadata["version"] == bento.split(":")[1]  # the bento's version
     metadata = client.get_model_metadata(name, version)
     assert metadata["versions"] == [version]
     assert {"probabilities", "ood_score", "prediction_set"} <= {
