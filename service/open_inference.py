@@ -33,7 +33,7 @@ import bentoml
 import keras
 import numpy as np
 from pydantic import ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -44,7 +44,15 @@ from service.batching import Overloaded
 from service.decoding import BadInput, check_batch
 from service.errors import describe, overloaded
 from service.schemas import PredictionResponse
-from service.tensors import HEADER_LENGTH, OutputTensor, ProtocolError, read_request, write_response
+from service.tensors import (
+    HEADER_LENGTH,
+    InferenceRequest,
+    OutputTensor,
+    ProtocolError,
+    RequestedOutput,
+    read_request,
+    write_response,
+)
 
 EXTENSIONS = ["binary_tensor_data"]
 PARAMETERS = ("samples", "seed", "alpha")  # per-request options, as the native API's fields
@@ -65,14 +73,17 @@ OUTPUTS = {  # name: (datatype, per class); which the model has: `model_outputs`
 
 
 def _error(message: str, status: int = 400) -> JSONResponse:
+    """The protocol's error body, `{"error": message}`."""
     return JSONResponse({"error": message}, status_code=status)
 
 
 def _service() -> Any:
+    """The `ApiService` instance of this worker (the model, its card, settings and batch)."""
     return bentoml.get_current_service()
 
 
 def _name_and_version(api: Any) -> tuple[str, str]:
+    """The served model's protocol name and version: its model store tag's two halves."""
     name, _, version = str(api.tag).partition(":")
     return name, version
 
@@ -95,6 +106,8 @@ def model_outputs(api: Any) -> list[str]:
         absent |= {"prediction_set", "set_size"}
     if api.density is None:
         absent |= {"ood_score", "out_of_distribution"}
+    if api.card.ood_threshold is None:  # a score but no threshold: the native answer's null
+        absent.add("out_of_distribution")
     return [name for name in OUTPUTS if name not in absent]
 
 
@@ -150,7 +163,10 @@ async def infer(request: Request) -> Response:
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding != "identity":
         return _error(f"Content-Encoding: {encoding} is not supported; send the body as is", 415)
-    body = await request.body()
+    try:
+        body = await request.body()
+    except ClientDisconnect:  # gone, or refused mid-body by `service.limits` (its 413 is sent)
+        return Response(status_code=400)
     try:
         prepared = await anyio.to_thread.run_sync(
             _prepare, api, body, request.headers.get(HEADER_LENGTH)
@@ -178,7 +194,7 @@ class _Prepared:
 def _prepare(api: Any, body: bytes, header_length: str | None) -> _Prepared:
     """Blocking: the request's tensors -> images, options and outputs, every check the native
     API's (limits, decoding, options)."""
-    decoded = read_request(body, header_length)
+    decoded = read_request(body, header_length, api.settings.max_images)
     request = decoded.request
     _check_named(api, request.model_name, request.model_version)
     if len(request.inputs) != 1:
@@ -231,27 +247,43 @@ def _images(
 
 
 def _reader(blob: bytes) -> Callable[[], bytes]:
+    """`decode_files` reads each file when its size has passed; here it is already in memory."""
     return lambda: blob
 
 
-def _outputs(api: Any, request: Any) -> list[tuple[str, bool]]:
-    """(name, as binary) for each output asked for; all the model's outputs by default."""
+def _outputs(api: Any, request: InferenceRequest) -> list[tuple[str, bool]]:
+    """(name, as binary) for each output asked for; all the model's outputs when none are.
+
+    An output's only parameter is `binary_data`; any other (Triton's
+    `classification`, shared memory) is a 400 rather than silently ignored.
+    """
     available = model_outputs(api)
     default_binary = request.parameters.get("binary_data_output", False)
     if not isinstance(default_binary, bool):
         raise ProtocolError("parameters.binary_data_output: expected true or false")
-    if request.outputs is None:
+    if not request.outputs:
         return [(name, default_binary) for name in available]
-    chosen = []
-    for output in request.outputs:
-        if output.name not in available:
-            raise ProtocolError(f"outputs: {output.name!r} is not an output of this model "
-                                f"({', '.join(available)})")  # fmt: skip
-        binary = (output.parameters or {}).get("binary_data", default_binary)
-        if not isinstance(binary, bool):
-            raise ProtocolError(f"outputs.{output.name}.binary_data: expected true or false")
-        chosen.append((output.name, binary))
-    return chosen
+    names = [output.name for output in request.outputs]
+    if len(set(names)) != len(names):
+        raise ProtocolError(f"outputs: each output at most once, received {names}")
+    return [_output(output, available, default_binary) for output in request.outputs]
+
+
+def _output(
+    output: RequestedOutput, available: list[str], default_binary: bool
+) -> tuple[str, bool]:
+    """One requested output, checked -> (name, as binary)."""
+    if output.name not in available:
+        raise ProtocolError(f"outputs: {output.name!r} is not an output of this model "
+                            f"({', '.join(available)})")  # fmt: skip
+    parameters = output.parameters or {}
+    if unknown := sorted(set(parameters) - {"binary_data"}):
+        raise ProtocolError(f"outputs.{output.name}.parameters: {unknown} not supported; "
+                            "only binary_data")  # fmt: skip
+    binary = parameters.get("binary_data", default_binary)
+    if not isinstance(binary, bool):
+        raise ProtocolError(f"outputs.{output.name}.binary_data: expected true or false")
+    return output.name, binary
 
 
 def _respond(api: Any, prepared: _Prepared, answer: PredictionResponse) -> Response:
@@ -261,7 +293,8 @@ def _respond(api: Any, prepared: _Prepared, answer: PredictionResponse) -> Respo
     header: dict[str, Any] = {"model_name": name, "model_version": version}
     if prepared.id is not None:
         header["id"] = prepared.id
-    header["parameters"] = {"samples": answer.samples, "seed": answer.seed, "alpha": answer.alpha}
+    used = {"samples": answer.samples, "seed": answer.seed, "alpha": answer.alpha}
+    header["parameters"] = {k: v for k, v in used.items() if v is not None}  # no alpha: no sets
     body, header_length = write_response(
         header, [(tensors[out], binary) for out, binary in prepared.outputs]
     )

@@ -6,14 +6,28 @@ its builder in `models.answer`, which `uqserve predict` uses too.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Union
 
 import attrs
 import numpy as np
 from bentoml.validators import TensorSchema
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    StrictFloat,
+    StrictInt,
+)
+from pydantic_core import core_schema
 
 from models.answer import Alpha, ImagePrediction, PredictionResponse, Samples, Seed
+
+Pixel = Union[StrictInt, StrictFloat]  # noqa: UP007 (pydantic needs a runtime union here)
+PixelLists = Union[  # noqa: UP007 (2-D too: refused with a hint by `check_array`)
+    list[list[Pixel]], list[list[list[Pixel]]], list[list[list[list[Pixel]]]]
+]
 
 
 @attrs.frozen(unsafe_hash=True)
@@ -21,11 +35,31 @@ class PixelTensor(TensorSchema):
     """BentoML's NumPy tensor field, strict about what it turns into numbers.
 
     The schema says `"type": "tensor"`, so BentoML's clients send a NumPy
-    array as nested lists. On the way in, only an array or a rectangular
-    nested list of numbers is accepted (no strings, booleans or nulls, which
-    NumPy would quietly convert); every other error is a 400 naming `images`.
+    array as nested lists. On the way in, an array, or nested lists of JSON
+    numbers (pydantic's strict types: no strings, booleans or nulls, which
+    NumPy would quietly convert), rectangular, else a 400 naming `images`.
     Shapes are checked by `service.decoding.check_array`.
     """
+
+    def __get_pydantic_core_schema__(
+        self, source_type: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        lists = handler.generate_schema(PixelLists)
+        arrays = core_schema.is_instance_schema(np.ndarray)
+        return core_schema.no_info_after_validator_function(
+            self.validate,
+            core_schema.union_schema(
+                [arrays, lists],
+                custom_error_type="pixels",
+                custom_error_message="expected nested lists of numbers (no strings, booleans "
+                "or nulls), batch axis first: (N, H, W) or (N, H, W, C)",
+            ),
+        )
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> dict[str, Any]:
+        return super().__get_pydantic_json_schema__(core_schema.any_schema(), handler)
 
     def validate(self, obj: Any) -> np.ndarray:
         try:

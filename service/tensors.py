@@ -37,6 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from service.errors import describe
 
 HEADER_LENGTH = "inference-header-content-length"
+MAX_RANK = 8  # most dimensions a tensor's shape may have
+MAX_DIM = 2**31 - 1  # largest size of one dimension
 READS = ("UINT8", "FP32")  # the numeric input datatypes; BYTES besides
 NUMPY = {  # the protocol's datatypes this service reads or writes
     "BOOL": np.dtype(np.bool_),
@@ -95,8 +97,12 @@ class Decoded(NamedTuple):
     values: list[np.ndarray | list[bytes]]
 
 
-def read_request(body: bytes, header_length: str | None) -> Decoded:
-    """An inference request body (and its `Inference-Header-Content-Length`) -> its tensors."""
+def read_request(body: bytes, header_length: str | None, max_items: int) -> Decoded:
+    """An inference request body (and its `Inference-Header-Content-Length`) -> its tensors.
+
+    `max_items` bounds the elements of a BYTES input (one per image file),
+    checked on its shape before its bytes are split.
+    """
     size = len(body) if header_length is None else _header_size(header_length, len(body))
     try:
         request = InferenceRequest.model_validate_json(body[:size])
@@ -112,7 +118,7 @@ def read_request(body: bytes, header_length: str | None) -> Decoded:
             raise ProtocolError(
                 f"inputs.{tensor.name}: binary_data_size {length} runs past the body's end"
             )
-        values.append(_from_bytes(tensor, binary[offset : offset + length]))
+        values.append(_from_bytes(tensor, binary[offset : offset + length], max_items))
         offset += length
     if offset != len(binary):
         raise ProtocolError(f"request: {len(binary) - offset} bytes after the last binary input")
@@ -120,7 +126,8 @@ def read_request(body: bytes, header_length: str | None) -> Decoded:
 
 
 def _header_size(value: str, body_size: int) -> int:
-    if not (value.isascii() and value.isdigit()) or int(value) > body_size:
+    """The JSON header's length: ASCII digits, at most the body's size."""
+    if not (value.isascii() and value.isdigit() and len(value) <= 20) or int(value) > body_size:
         raise ProtocolError(
             f"Inference-Header-Content-Length: expected a byte count up to the body's "
             f"{body_size}, received {value!r}"
@@ -129,7 +136,11 @@ def _header_size(value: str, body_size: int) -> int:
 
 
 def _binary_size(tensor: InputTensor) -> int | None:
-    """The tensor's `binary_data_size`, or None when its data is in the JSON."""
+    """The tensor's `binary_data_size`, or None when its data is in the JSON. It is an input's
+    only parameter: any other (Triton's shared memory) is a 400, not ignored."""
+    if unknown := sorted(set(tensor.parameters or {}) - {"binary_data_size"}):
+        raise ProtocolError(f"inputs.{tensor.name}.parameters: {unknown} not supported; "
+                            "only binary_data_size")  # fmt: skip
     size = (tensor.parameters or {}).get("binary_data_size")
     if size is None:
         return None
@@ -141,13 +152,27 @@ def _binary_size(tensor: InputTensor) -> int | None:
 
 
 def _elements(tensor: InputTensor) -> int:
-    """The element count its shape declares (shape checked: non-negative integers)."""
-    if any(dim < 0 for dim in tensor.shape):
-        raise ProtocolError(f"inputs.{tensor.name}: shape {tensor.shape} has a negative size")
+    """The element count its shape declares (shape checked: at most MAX_RANK sizes, each in
+    [0, MAX_DIM])."""
+    if len(tensor.shape) > MAX_RANK:
+        raise ProtocolError(f"inputs.{tensor.name}: shape has {len(tensor.shape)} dimensions, "
+                            f"more than {MAX_RANK}")  # fmt: skip
+    if any(dim < 0 or dim > MAX_DIM for dim in tensor.shape):
+        raise ProtocolError(f"inputs.{tensor.name}: shape {tensor.shape} has a size below 0 "
+                            f"or above {MAX_DIM}")  # fmt: skip
     return math.prod(tensor.shape)
 
 
+def _reshape(tensor: InputTensor, flat: np.ndarray) -> np.ndarray:
+    """The flat values in the tensor's shape (element count already checked)."""
+    try:
+        return flat.reshape(tensor.shape)
+    except ValueError as error:  # NumPy's own limits: an empty array of absurd dimensions
+        raise ProtocolError(f"inputs.{tensor.name}: shape {tensor.shape}: {error}") from None
+
+
 def _dtype(tensor: InputTensor) -> np.dtype:
+    """The NumPy dtype of a numeric input's datatype; a 400 for a datatype not read here."""
     if tensor.datatype not in READS:
         raise ProtocolError(
             f"inputs.{tensor.name}: datatype {tensor.datatype!r} is not one this service "
@@ -156,10 +181,14 @@ def _dtype(tensor: InputTensor) -> np.dtype:
     return NUMPY[tensor.datatype]
 
 
-def _from_bytes(tensor: InputTensor, raw: memoryview) -> np.ndarray | list[bytes]:
+def _from_bytes(tensor: InputTensor, raw: memoryview, max_items: int) -> np.ndarray | list[bytes]:
     """A binary input's raw bytes -> its array (or its BYTES elements), shape checked."""
     count = _elements(tensor)
     if tensor.datatype == "BYTES":
+        if count > max_items:
+            raise ProtocolError(
+                f"inputs.{tensor.name}: {count} elements exceeds the limit of {max_items}"
+            )
         return _split_bytes(tensor.name, bytes(raw), count)
     dtype = _dtype(tensor)
     if len(raw) != count * dtype.itemsize:
@@ -167,7 +196,7 @@ def _from_bytes(tensor: InputTensor, raw: memoryview) -> np.ndarray | list[bytes
             f"inputs.{tensor.name}: shape {tensor.shape} of {tensor.datatype} needs "
             f"{count * dtype.itemsize} bytes, received binary_data_size {len(raw)}"
         )
-    return np.frombuffer(raw, dtype).reshape(tensor.shape)
+    return _reshape(tensor, np.frombuffer(raw, dtype))
 
 
 def _split_bytes(name: str, raw: bytes, count: int) -> list[bytes]:
@@ -181,8 +210,11 @@ def _split_bytes(name: str, raw: bytes, count: int) -> list[bytes]:
             raise ProtocolError(f"inputs.{name}: a BYTES element runs past its tensor's end")
         elements.append(raw[offset + 4 : offset + 4 + length])
         offset += 4 + length
+        if len(elements) > count:
+            break
     if len(elements) != count:
-        raise ProtocolError(f"inputs.{name}: shape says {count} elements, received {len(elements)}")
+        received = f"more than {count}" if len(elements) > count else str(len(elements))
+        raise ProtocolError(f"inputs.{name}: shape says {count} elements, received {received}")
     return elements
 
 
@@ -202,12 +234,19 @@ def _from_json(tensor: InputTensor) -> np.ndarray | list[bytes]:
     if flat.size != count:
         raise ProtocolError(f"inputs.{name}: shape {tensor.shape} needs {count} values, "
                             f"received {flat.size}")  # fmt: skip
-    if flat.size and flat.dtype.kind not in ("iu" if dtype.kind == "u" else "iuf"):
+    if flat.size and (flat.dtype.kind not in ("iu" if dtype.kind == "u" else "iuf")
+                      or _has_booleans(tensor.data)):  # fmt: skip
         raise ProtocolError(f"inputs.{name}: data must be {tensor.datatype} values")
     if dtype.kind == "u" and flat.size and (flat.min() < np.iinfo(dtype).min
                                              or flat.max() > np.iinfo(dtype).max):  # fmt: skip
         raise ProtocolError(f"inputs.{name}: a value out of the range of {tensor.datatype}")
-    return flat.astype(dtype).reshape(tensor.shape)
+    return _reshape(tensor, flat.astype(dtype))
+
+
+def _has_booleans(values: Any) -> bool:
+    """Whether JSON values NumPy read as numbers hold a true or false (which it reads as 1, 0)."""
+    is_boolean = np.frompyfunc(lambda value: isinstance(value, bool), 1, 1)
+    return bool(np.any(is_boolean(np.asarray(values, dtype=object))))
 
 
 class OutputTensor(NamedTuple):
@@ -241,12 +280,14 @@ def write_response(
 
 
 def _to_bytes(tensor: OutputTensor) -> bytes:
+    """An output's binary data: raw little-endian values, or length-prefixed BYTES elements."""
     if isinstance(tensor.value, list):
         return b"".join(struct.pack("<I", len(item)) + item for item in tensor.value)
     return np.ascontiguousarray(tensor.value, NUMPY[tensor.datatype]).tobytes()
 
 
 def _to_json(tensor: OutputTensor) -> list[Any]:
+    """An output's JSON data: its values flat, row-major (BYTES as strings)."""
     if isinstance(tensor.value, list):
         return [item.decode() for item in tensor.value]
     return tensor.value.reshape(-1).tolist()

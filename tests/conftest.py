@@ -92,8 +92,13 @@ def client(tag):
     """BentoML's ASGI app of the service, in-process (one per test session)."""
     from starlette.testclient import TestClient
 
+    saved = dict(os.environ)
     os.environ.update({"UQSERVE_MODEL": tag, **SERVICE_LIMITS})
-    from service.service import ApiService
+    try:  # the settings are read once, at import; later subprocesses must not inherit them
+        from service.service import ApiService
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
     with TestClient(ApiService.to_asgi(), raise_server_exceptions=False) as test_client:
         yield test_client

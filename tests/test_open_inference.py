@@ -169,8 +169,16 @@ BAD_JSON = [
     ("wrong datatype", _images(datatype="INT32"), "datatype 'INT32'"),
     ("bool datatype", _images(data=[True] * 4, datatype="BOOL"), "datatype 'BOOL'"),
     ("too few values", _images(data=[1, 2, 3]), "needs 4 values"),
-    ("negative shape", _images(shape=(1, -2, -2)), "negative"),
+    ("negative shape", _images(shape=(1, -2, -2)), "below 0"),
     ("strings", _images(data=["a", "b", "c", "d"]), "UINT8 values"),
+    ("booleans among numbers", _images(data=[True, 2, 3, 4]), "UINT8 values"),
+    ("65 dimensions", _images(data=[1], shape=[1] * 65), "more than 8"),
+    ("a size of 10**30", _images(data=[], shape=(0, 10**30)), "above"),
+    (
+        "an input parameter",
+        {"inputs": [{**_images()["inputs"][0], "parameters": {"shared_memory_region": "x"}}]},
+        "['shared_memory_region'] not supported",
+    ),
     ("floats as UINT8", _images(data=[1.5, 2, 3, 4]), "UINT8 values"),
     ("UINT8 over 255", _images(data=[300, 2, 3, 4]), "out of the range"),
     ("FP32 over 255", _images(data=[300.0, 2, 3, 4], datatype="FP32"), "[0, 255]"),
@@ -192,6 +200,12 @@ BAD_JSON = [
     ("alpha out of range", _images(parameters={"alpha": 1.5}), "alpha"),
     ("seed negative", _images(parameters={"seed": -1}), "seed"),
     ("unknown output", _images(outputs=[{"name": "logits"}]), "'logits' is not an output"),
+    ("an output twice", _images(outputs=[{"name": "label"}] * 2), "at most once"),
+    (
+        "classification",
+        _images(outputs=[{"name": "probabilities", "parameters": {"classification": 2}}]),
+        "['classification'] not",
+    ),
     (
         "binary_data not a bool",
         _images(outputs=[{"name": "label", "parameters": {"binary_data": 1}}]),
@@ -232,7 +246,49 @@ def test_bad_binary_data_is_a_400(client, tag, why, size, payload, names):
     assert names in response.json()["error"]
 
 
-@pytest.mark.parametrize("length", ["-1", "abc", "100000", b"\xb2"], ids=["-1", "abc", "big", "²"])
+def test_an_empty_tensor_of_absurd_shape_is_a_400(client, tag):
+    """Zero elements, so zero bytes match, but NumPy cannot make the shape: a 400, not a 500."""
+    tensor = {"name": "images", "datatype": "FP32", "shape": [0] + [2**31 - 1] * 7,
+              "parameters": {"binary_data_size": 0}}  # fmt: skip
+    content, headers = _binary({"inputs": [tensor]}, b"")
+    response = client.post(_path(tag), content=content, headers=headers)
+    assert response.status_code == 400, response.text
+    assert "shape" in response.json()["error"]
+
+
+def test_outputs_empty_means_every_output(client, tag):
+    content = json.dumps(_images(outputs=[])).encode()
+    response = client.post(_path(tag), content=content)
+    assert response.status_code == 200, response.text
+    names = [o["name"] for o in response.json()["outputs"]]
+    assert names == [o["name"] for o in client.get(_path(tag, "")[:-1]).json()["outputs"]]
+
+
+@pytest.mark.parametrize(
+    "elements", [b"\x00\x00\x00\x00" * 5, b"\x00\x00\x00\x00" * 100_000], ids=["5 of 4", "100000"]
+)
+def test_more_files_than_the_limit_are_a_400_before_splitting(client, tag, elements):
+    tensor = {"name": "files", "datatype": "BYTES", "shape": [len(elements) // 4],
+              "parameters": {"binary_data_size": len(elements)}}  # fmt: skip
+    content, headers = _binary({"inputs": [tensor]}, elements)
+    response = client.post(_path(tag), content=content, headers=headers)
+    assert response.status_code == 400, response.text
+    assert "exceeds the limit of 4" in response.json()["error"]
+
+
+def test_more_bytes_elements_than_the_shape_are_a_400(client, tag):
+    elements = b"\x00\x00\x00\x00" * 100_000  # zero-length elements: shape says 1
+    tensor = {"name": "files", "datatype": "BYTES", "shape": [1],
+              "parameters": {"binary_data_size": len(elements)}}  # fmt: skip
+    content, headers = _binary({"inputs": [tensor]}, elements)
+    response = client.post(_path(tag), content=content, headers=headers)
+    assert response.status_code == 400, response.text
+    assert "shape says 1 elements, received more than 1" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "length", ["-1", "abc", "100000", b"\xb2", "9" * 4301], ids=["-1", "abc", "big", "²", "long"]
+)
 def test_a_bad_header_length_is_a_400(client, tag, length):
     content, headers = _binary(_images(), b"", length=length)
     response = client.post(_path(tag), content=content, headers=headers)
@@ -298,7 +354,7 @@ JSON = st.recursive(
 TENSOR = st.fixed_dictionaries(
     {"name": st.sampled_from(["images", "files", "x"]),
      "datatype": st.sampled_from(["UINT8", "FP32", "BYTES", "BOOL", "INT64"]),
-     "shape": st.lists(st.integers(-2, 5), max_size=5)},
+     "shape": st.lists(st.integers(-2, 5) | st.integers(0, 10**30), max_size=70)},
     optional={"data": JSON, "parameters": st.dictionaries(
         st.sampled_from(["binary_data_size", "x"]), st.integers(-2, 40) | JSON, max_size=2)},
 )  # fmt: skip

@@ -171,6 +171,7 @@ ARRAY_CASES = [
     ("ragged", {"images": [[[1, 2], [3]]]}, "images"),
     ("strings", {"images": [[["a", "b"], ["c", "d"]]]}, "images"),
     ("booleans", {"images": [[[True, False], [True, True]]]}, "images"),
+    ("booleans among numbers", {"images": [[[True, 2], [3, 4]]]}, "no strings, booleans"),
     ("nulls", {"images": [[[None, 1], [1, 1]]]}, "images"),
     ("an object", {"images": [[{"a": 1}]]}, "images"),
     ("out of range", {"images": [[[300.0, 1.0], [1.0, 1.0]]]}, "[0, 255]"),
