@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,7 +28,8 @@ def served(
     """
     port = processes.free_port()
     log = workdir / "serve.log"
-    process = processes.serve(bento, port, log, {"UQSERVE_MODEL": tag, **env}, cwd=workdir)
+    home = {"BENTOML_HOME": str(_private_home(workdir))}
+    process = processes.serve(bento, port, log, {"UQSERVE_MODEL": tag, **home, **env}, cwd=workdir)
     base = f"http://127.0.0.1:{port}"
     try:
         try:
@@ -37,6 +39,22 @@ def served(
         yield base, process
     finally:
         processes.stop_service(process)
+
+
+def _private_home(workdir: Path) -> Path:
+    """A BentoML home of this server's own, sharing the session's models and bentos.
+
+    `bentoml serve` empties `$BENTOML_HOME/prometheus_multiproc_dir` when it
+    starts: with one home, a server started later would wipe the metrics of
+    one still serving (the session's `served_bento`), freezing its /metrics.
+    """
+    shared, home = Path(os.environ["BENTOML_HOME"]), workdir / "bentoml-home"
+    home.mkdir(exist_ok=True)
+    for name in ("models", "bentos"):
+        (shared / name).mkdir(parents=True, exist_ok=True)
+        if not (home / name).exists():
+            (home / name).symlink_to(shared / name, target_is_directory=True)
+    return home
 
 
 def predict_file(base: str, blob: bytes, seed: int = 7) -> dict:
