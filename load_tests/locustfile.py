@@ -11,10 +11,11 @@ Images are real: scikit-learn's bundled digits written as PNG files under
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import numpy as np
-from locust import FastHttpUser, between, events, task
+from locust import FastHttpUser, between, constant, events, task
 from tritonclient.http import InferenceServerClient, InferInput
 
 from load_tests.payloads import SAMPLES, make_payloads, pixel_arrays
@@ -22,6 +23,15 @@ from load_tests.payloads import SAMPLES, make_payloads, pixel_arrays
 PATHS = make_payloads()
 FILES = [p.read_bytes() for p in PATHS]
 PIXELS = pixel_arrays(PATHS)  # (H, W) uint8 each
+API_KEY, ADMIN_KEY = os.environ.get("UQSERVE_API_KEY"), os.environ.get("UQSERVE_ADMIN_KEY")
+FLOOD_USERS = int(os.environ.get("UQSERVE_DIGEST_FLOOD_USERS", "0"))
+
+
+def bearer(key: str | None) -> dict[str, str] | None:
+    """The Authorization header for `key` (None: the service has no keys)."""
+    return None if key is None else {"Authorization": f"Bearer {key}"}
+
+
 ARRAYS = [[a.tolist()] for a in PIXELS]  # a batch of one, (1, H, W)
 V2 = "/v2/models/[model]/infer"
 HEADER = "Inference-Header-Content-Length"
@@ -107,6 +117,7 @@ class ServiceUser(FastHttpUser):
     """
 
     wait_time = between(0.0, 0.2)
+    default_headers = bearer(API_KEY)
 
     def on_start(self) -> None:
         metadata = self.client.get("/metadata").json()
@@ -143,6 +154,25 @@ class ServiceUser(FastHttpUser):
         with self.client.post(self.infer_path, data=body, headers=headers, name=V2,
                               catch_response=True) as response:  # fmt: skip
             check_v2(response, self.classes)
+
+
+class DigestFlood(FastHttpUser):
+    """An admin polling `POST /weights_digest` ten times a second, per user: each call used to
+    hash every weight; now it is served from memory between hashes (UQSERVE_DIGEST_INTERVAL_S).
+    Runs only with UQSERVE_DIGEST_FLOOD_USERS > 0 (its `fixed_count`)."""
+
+    fixed_count = FLOOD_USERS
+    weight = 1 if FLOOD_USERS else 0
+    wait_time = constant(0.1)
+    default_headers = bearer(ADMIN_KEY or API_KEY)
+
+    @task
+    def digest(self) -> None:
+        with self.client.post("/weights_digest", json={}, catch_response=True) as response:
+            if response.status_code != 200 or response.json().get("unchanged") is not True:
+                response.failure(f"status {response.status_code}: {response.text[:200]}")
+            else:
+                response.success()
 
 
 @events.quitting.add_listener

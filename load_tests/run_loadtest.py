@@ -16,6 +16,7 @@ import csv
 import json
 import os
 import re
+import secrets
 import subprocess
 import sys
 import time
@@ -49,34 +50,41 @@ def run_locust(
     duration: str,
     output: Path,
     locustfile: str = "locustfile.py",
-    user_class: str | None = None,
+    user_class: str = "ServiceUser",
+    env: dict[str, str] | None = None,
 ) -> int:
     """Locust headless against `url`; its exit code (non-zero when a request failed).
 
-    `locustfile` is a file in `load_tests/`; `user_class` picks one of its users.
+    `locustfile` is a file in `load_tests/`; `user_class` names its users (one class, or
+    several separated by spaces); `env` is added to Locust's environment (keys, flood).
     """
     output = output.resolve()  # Locust runs in ROOT; a relative path would move
     command = [
         str(BIN / "locust"), "-f", str(HERE / locustfile), "--headless", "--host", url,
         "-u", str(users), "-r", str(spawn_rate), "-t", duration, "--only-summary",
         "--csv", str(output / "locust"), "--html", str(output / "report.html"),
-        *([user_class] if user_class else []),
+        *user_class.split(),
     ]  # fmt: skip
-    return subprocess.run(command, cwd=ROOT, check=False).returncode
+    return subprocess.run(command, cwd=ROOT, env={**os.environ, **(env or {})},
+                          check=False).returncode  # fmt: skip
 
 
-def weights_digest(url: str) -> dict:
-    """The served weights' SHA-256 now and at load (POST /weights_digest)."""
-    request = urllib.request.Request(
-        f"{url}/weights_digest", data=b"{}", headers={"content-type": "application/json"}
-    )
+def weights_digest(url: str, key: str | None = None) -> dict:
+    """The served weights' SHA-256 now and at load (POST /weights_digest, with an admin `key`
+    when the service has keys)."""
+    headers = {"content-type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(f"{url}/weights_digest", data=b"{}", headers=headers)
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.loads(response.read())
 
 
-def batch_histogram(url: str) -> dict[str, float]:
-    """Images and requests per adaptive batch, from the service's /metrics."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+def batch_histogram(url: str, key: str | None = None) -> dict[str, float]:
+    """Images and requests per adaptive batch, from the service's /metrics (with `key`)."""
+    headers = {} if key is None else {"Authorization": f"Bearer {key}"}
+    request = urllib.request.Request(f"{url}/metrics", headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as response:
         text = response.read().decode()
 
     def total(name: str) -> float:
@@ -177,12 +185,32 @@ def seconds_of(duration: str) -> float:
     return float(sum(int(n) * units[u] for n, u in re.findall(r"(\d+)([hms])", duration)))
 
 
-def serve_env(model: str, base_dtype: str | None = None) -> dict[str, str]:
-    """The `UQSERVE_*` settings a load-test server runs with (base dtype: the environment's)."""
+def serve_env(model: str, base_dtype: str | None = None,
+              digest_interval_s: float | None = 0.0) -> dict[str, str]:  # fmt: skip
+    """The `UQSERVE_*` settings a load-test server runs with (base dtype: the environment's).
+
+    The weights digest is fresh on every call by default (interval 0), as the
+    runs compare the digests before and after; None keeps the service's default.
+    """
     env = {"UQSERVE_MODEL": model}
+    if digest_interval_s is not None:
+        env["UQSERVE_DIGEST_INTERVAL_S"] = str(digest_interval_s)
     if base_dtype is not None:
         env["UQSERVE_BASE_DTYPE"] = base_dtype
     return env
+
+
+class RunKeys:
+    """Fresh keys for one run (`--auth`): the service requires them, Locust sends them."""
+
+    def __init__(self) -> None:
+        self.key, self.admin = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+
+    def service_env(self) -> dict[str, str]:
+        return {"UQSERVE_API_KEYS": self.key, "UQSERVE_ADMIN_KEYS": self.admin}
+
+    def locust_env(self) -> dict[str, str]:
+        return {"UQSERVE_API_KEY": self.key, "UQSERVE_ADMIN_KEY": self.admin}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -196,6 +224,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     dtype = os.environ.get("UQSERVE_BASE_DTYPE", "float32")
     parser.add_argument("--base-dtype", default=dtype, choices=BASE_DTYPES)
     parser.add_argument("--inprocess-seconds", type=float, default=20.0, help="0: skip")
+    parser.add_argument("--auth", action="store_true",
+                        help="serve with fresh API keys; Locust sends them")  # fmt: skip
+    parser.add_argument("--digest-flood", type=int, default=0, metavar="USERS",
+                        help="add USERS admins each calling /weights_digest 10 times a second; "
+                        "the service keeps its default digest interval")  # fmt: skip
     parser.add_argument("--output", type=Path, default=Path("reports") / "loadtest")
     args = parser.parse_args(argv)
     args.output = args.output.resolve()
@@ -206,22 +239,33 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def served_run(bento: str, args: argparse.Namespace) -> tuple[int, dict]:
     """Serve `bento`, run Locust against it, stop it -> (Locust's exit code, summary)."""
     port, log = processes.free_port(), args.output / "service.log"
-    url = f"http://127.0.0.1:{port}"
-    process = processes.serve(bento, port, log, serve_env(args.model, args.base_dtype))
+    url, keys = f"http://127.0.0.1:{port}", RunKeys() if args.auth else None
+    interval = None if args.digest_flood else 0.0  # None: the service's own default
+    env = {
+        **serve_env(args.model, args.base_dtype, interval),
+        **(keys.service_env() if keys else {}),
+    }
+    locust_env = {**(keys.locust_env() if keys else {}),
+                  "UQSERVE_DIGEST_FLOOD_USERS": str(args.digest_flood)}  # fmt: skip
+    users = "ServiceUser DigestFlood" if args.digest_flood else "ServiceUser"
+    admin = keys.admin if keys else None
+    process = processes.serve(bento, port, log, env)
     try:
         processes.wait_served(url, process, log)
-        digest_before = weights_digest(url)
+        digest_before = weights_digest(url, admin)
         before, locust = processes.cpu_seconds(process.pid), children_cpu()
         start = time.monotonic()
-        code = run_locust(url, args.users, args.spawn_rate, args.duration, args.output)
+        code = run_locust(url, args.users + args.digest_flood, args.spawn_rate, args.duration,
+                          args.output, user_class=users, env=locust_env)  # fmt: skip
         cores = cpu_cores(before, processes.cpu_seconds(process.pid), children_cpu() - locust,
                           time.monotonic() - start)  # fmt: skip
-        batches = batch_histogram(url)
-        digest_after = weights_digest(url)
+        batches = batch_histogram(url, admin)
+        digest_after = weights_digest(url, admin)
     finally:
         processes.stop_service(process)
     summary = {"bento": bento, "model": args.model, "users": args.users, "duration": args.duration,
-               "base_dtype": args.base_dtype, "samples": SAMPLES,
+               "base_dtype": args.base_dtype, "samples": SAMPLES, "auth": args.auth,
+               "digest_flood_users": args.digest_flood,
                "served": served_throughput(args.output, seconds_of(args.duration)),
                "adaptive_batches": batches, "cpu_cores": cores,
                "weights": {"sha256_before": digest_before["sha256"],

@@ -54,6 +54,7 @@ DRAIN_CAP = 256 * 1024 * 1024  # ...and never more than this, whatever max_bytes
 DRAIN_SECONDS = 30.0  # nginx's lingering_time
 DRAIN_IDLE_SECONDS = 5.0  # nginx's lingering_timeout
 CLOSE = (b"connection", b"close")
+Headers = tuple[tuple[bytes, bytes], ...]
 
 
 class FormError(ValueError):
@@ -189,11 +190,7 @@ class RequestLimits:
             guard = _Guard(self, _boundary(headers.get(b"content-type", b"")), receive, send)
             await self.app(scope, guard.receive, guard.send)
             return
-        plan = _unread_body(headers, self.drain)  # none of the body has been read yet
-        if plan == "drain":
-            await _refuse_draining(receive, send, *refusal, self.drain)
-        else:
-            await _refuse(send, *refusal, close=plan == "close")
+        await refuse_unread(headers, receive, send, *refusal, self.drain)
 
     def _refusal(self, scope: Scope, headers: dict[bytes, bytes]) -> tuple[int, str] | None:
         """(status, why) when the request is refused on its headers alone, else None."""
@@ -277,6 +274,18 @@ def _boundary(content_type: bytes) -> bytes | None:
     return options.get(b"boundary") or None
 
 
+async def refuse_unread(headers: dict[bytes, bytes], receive: Receive, send: Send, status: int,
+                        error: str, drain: Drain,
+                        extra: Headers = ()) -> None:  # fmt: skip
+    """Answer `status` with `{"error": error}` (and `extra` headers) to a request none of
+    whose body has been read: kept, drained within `drain` or closed (`_unread_body`)."""
+    plan = _unread_body(headers, drain)
+    if plan == "drain":
+        await _refuse_draining(receive, send, status, error, drain, extra)
+    else:
+        await _refuse(send, status, error, close=plan == "close", extra=extra)
+
+
 def _unread_body(headers: dict[bytes, bytes], drain: Drain) -> Literal["keep", "close", "drain"]:
     """What to do with the body of a request refused before any of it was read.
 
@@ -298,14 +307,15 @@ def _unread_body(headers: dict[bytes, bytes], drain: Drain) -> Literal["keep", "
 
 
 async def _refuse(send: Send, status: int, error: str, *, close: bool = False,
-                  more_body: bool = False) -> None:  # fmt: skip
+                  more_body: bool = False, extra: Headers = ()) -> None:  # fmt: skip
     """Answer `status` with `{"error": error}`, the body every refusal of the service has.
 
     `close` adds `Connection: close`; `more_body` leaves the response open, for
     `_refuse_draining` to end.
     """
     body = json.dumps({"error": error}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               *extra]  # fmt: skip
     if close:
         headers.append(CLOSE)
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -313,7 +323,7 @@ async def _refuse(send: Send, status: int, error: str, *, close: bool = False,
 
 
 async def _refuse_draining(receive: Receive, send: Send, status: int, error: str,
-                           drain: Drain) -> None:  # fmt: skip
+                           drain: Drain, extra: Headers = ()) -> None:  # fmt: skip
     """Answer at once, drain the rest of the body within `drain`'s bounds, then end the answer.
 
     The whole refusal is written first, so a client that reads while it sends
@@ -322,6 +332,6 @@ async def _refuse_draining(receive: Receive, send: Send, status: int, error: str
     as soon as it ends: closing with unread data makes the kernel reset the
     connection, and the client may lose the answer.
     """
-    await _refuse(send, status, error, close=True, more_body=True)
+    await _refuse(send, status, error, close=True, more_body=True, extra=extra)
     await drain(receive)
     await send({"type": "http.response.body", "body": b"", "more_body": False})

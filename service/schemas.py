@@ -132,6 +132,11 @@ class WeightsDigest(BaseModel):
     sha256: str = Field(description="Digest of the weights in memory now.")
     loaded_sha256: str = Field(description="Digest right after loading, before any request.")
     unchanged: bool = Field(description="True when serving has not changed a single bit.")
+    computed_at: str = Field(description="When `sha256` was computed (ISO 8601, UTC).")
+    age_s: float = Field(
+        description="Seconds since then: at most UQSERVE_DIGEST_INTERVAL_S, as the digest is "
+        "computed at most once per interval and served from memory in between."
+    )
 
 
 __all__ = [

@@ -16,6 +16,7 @@ slot, then the OOD score while the next batch runs).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,12 @@ from models.density import limit_blas_threads
 from models.fingerprint import weights_digest
 from models.preprocessing import Preprocessor
 from service import jobs, open_inference
+from service.auth import ApiKeys, Authenticate
 from service.batching import Batcher, Overloaded
 from service.decoding import BadInput, check_array
+from service.digest import DigestCache
 from service.errors import ValidationErrors, overloaded
-from service.limits import RequestLimits
+from service.limits import Drain, RequestLimits
 from service.metadata import metadata_routes
 from service.metrics import observe
 from service.schemas import (
@@ -58,6 +61,7 @@ from service.schemas import (
 from service.settings import ServiceSettings
 
 SETTINGS = ServiceSettings.from_env()
+KEYS = ApiKeys.from_env()  # a bad key setting stops start-up, naming the variable
 require_model(SETTINGS.model)  # fail start-up (and `bentoml build`) with a clear message
 
 
@@ -86,7 +90,10 @@ class ApiService:
         self.predictor = stored.predictor(SETTINGS.base_dtype, SETTINGS.max_batch_size)
         self.density = stored.density()
         self.preprocess = Preprocessor(self.card.model.preprocessing)  # compiled
-        self.loaded_digest = weights_digest(*self.predictor.served_models)
+        self.digest = DigestCache(
+            lambda: weights_digest(*self.predictor.served_models), SETTINGS.digest_interval_s
+        )
+        logging.getLogger("bentoml").info(KEYS.describe())
         self.batch: Batcher[jobs.ImageJob, jobs.Sampled, jobs.ImageAnswer] = Batcher(
             self._sample, self._score, SETTINGS.max_batch_size, SETTINGS.max_latency_ms,
             observe.batch,
@@ -209,12 +216,16 @@ class ApiService:
 
     @bentoml.api(route="/weights_digest")
     async def weights_digest(self) -> WeightsDigest:
-        """SHA-256 of the served weights now and at load: serving must never change them."""
-        now = await anyio.to_thread.run_sync(weights_digest, *self.predictor.served_models)
-        return WeightsDigest(sha256=now, loaded_sha256=self.loaded_digest,
-                             unchanged=now == self.loaded_digest)  # fmt: skip
+        """SHA-256 of the served weights, computed at most once per UQSERVE_DIGEST_INTERVAL_S
+        (the last result in between, with its time): serving must never change them."""
+        now = await self.digest.get()
+        return WeightsDigest(sha256=now.sha256, loaded_sha256=self.digest.loaded.sha256,
+                             unchanged=now.sha256 == self.digest.loaded.sha256,
+                             computed_at=now.computed_at, age_s=now.age())  # fmt: skip
 
 
+ApiService.add_asgi_middleware(Authenticate, keys=KEYS,
+                               drain=Drain.for_limit(SETTINGS.max_request_bytes))  # fmt: skip
 ApiService.add_asgi_middleware(ValidationErrors)
 ApiService.add_asgi_middleware(
     RequestLimits, max_bytes=SETTINGS.max_request_bytes, max_files=SETTINGS.max_images

@@ -45,6 +45,12 @@ class ServiceSettings(BaseModel):
         "cancelled), so memory levels off only after this long under steady traffic.",
     )
     workers: int = Field(1, ge=1, description="Service worker processes, each with its own model.")
+    digest_interval_s: float = Field(
+        60.0,
+        ge=0,
+        description="POST /weights_digest hashes the weights at most once per this many seconds "
+        "and serves the last result, with its time, in between (0: on every call, one at a time).",
+    )
     gpu: int = Field(0, ge=0, description="GPUs for the service (0: CPU).")
     base_dtype: BaseDtype = Field(
         "float32",

@@ -76,6 +76,7 @@ SERVICE_LIMITS = {
     "UQSERVE_MAX_FILE_BYTES": "300000",
     "UQSERVE_MAX_BATCH_SIZE": "8",
     "UQSERVE_MAX_REQUEST_BYTES": "1000000",
+    "UQSERVE_DIGEST_INTERVAL_S": "0",  # every /weights_digest a fresh hash: the tests compare
 }
 
 

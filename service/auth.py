@@ -1,0 +1,191 @@
+"""Optional API keys: `Authorization: Bearer <key>` on every route but the health probes.
+
+Keys come from `UQSERVE_API_KEYS` (comma-separated) and/or a file named by
+`UQSERVE_API_KEYS_FILE` (one per line, `#` comments; a mounted Kubernetes
+Secret), admin keys from `UQSERVE_ADMIN_KEYS` / `UQSERVE_ADMIN_KEYS_FILE`.
+With none set the service is open, as a model server behind a gateway
+usually is, and says so once at start-up.
+
+With keys set, an ASGI middleware in front of everything else (the body
+limits included) answers, before any of the body is read or parsed:
+
+    /livez, /readyz, /v2/health/live, /v2/health/ready    open (probes)
+    /metrics                                              open if UQSERVE_METRICS_OPEN=true
+    /weights_digest (admin routes)                        an admin key, else 401 / 403
+    everything else                                       any key (an admin key too), else 401
+
+A 401 carries `WWW-Authenticate: Bearer realm="uqserve"`. Keys are compared
+in constant time (`hmac.compare_digest`, every key tried), and never appear
+in a log, an error or a response. `/docs.json` declares the bearer scheme.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.limits import App, Drain, Message, Receive, Scope, Send, refuse_unread
+
+OPEN = frozenset({"/livez", "/readyz", "/v2/health/live", "/v2/health/ready"})
+ADMIN = frozenset({"/weights_digest"})
+MIN_KEY_LENGTH = 16
+PLACEHOLDER = "REPLACE-"  # the example Secret's keys start so, and are refused
+CHALLENGE = (b"www-authenticate", b'Bearer realm="uqserve"')
+SCHEME = {"bearer": {"type": "http", "scheme": "bearer", "description": "An API key."}}
+
+
+class KeySettingError(ValueError):
+    """A key setting the service refuses; the message names the variable, never the key."""
+
+
+@dataclass(frozen=True)
+class ApiKeys:
+    """The accepted keys (empty: the service is open); their values never print."""
+
+    keys: tuple[bytes, ...] = field(default=(), repr=False)
+    admin: tuple[bytes, ...] = field(default=(), repr=False)
+    metrics_open: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.keys or self.admin)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ApiKeys:
+        """The keys of UQSERVE_API_KEYS[_FILE] and UQSERVE_ADMIN_KEYS[_FILE] (KeySettingError)."""
+        environ = os.environ if environ is None else environ
+        metrics = environ.get("UQSERVE_METRICS_OPEN", "false").strip().lower()
+        if metrics not in ("true", "false"):
+            raise KeySettingError(
+                f"UQSERVE_METRICS_OPEN: expected true or false, received {metrics!r}"
+            )
+        return cls(_read(environ, "UQSERVE_API_KEYS"), _read(environ, "UQSERVE_ADMIN_KEYS"),
+                   metrics == "true")  # fmt: skip
+
+    def describe(self) -> str:
+        """One log line: on or off, and how many keys (never which)."""
+        if not self.enabled:
+            return ("API keys are off: every route is open to anyone who can reach the port "
+                    "(set UQSERVE_API_KEYS or UQSERVE_API_KEYS_FILE to require a key)")  # fmt: skip
+        metrics = "open" if self.metrics_open else "behind a key"
+        return (f"API keys are on: {len(self.keys)} key(s), {len(self.admin)} admin key(s); "
+                f"/metrics {metrics}")  # fmt: skip
+
+
+def _read(environ: Mapping[str, str], name: str) -> tuple[bytes, ...]:
+    """The keys of `name` (comma-separated) and of the file `name`_FILE (one per line)."""
+    values = [k.strip() for k in environ.get(name, "").split(",") if k.strip()]
+    source = f"{name}_FILE"
+    if path := environ.get(source, "").strip():
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError as error:
+            raise KeySettingError(f"{source}: cannot read {path} ({error.strerror})") from None
+        values += [k.strip() for k in lines if k.strip() and not k.strip().startswith("#")]
+        if not lines:
+            raise KeySettingError(f"{source}: {path} holds no key")
+    for index, key in enumerate(values):
+        _check(key, f"{name} (key {index + 1} of {len(values)}, with {source})")
+    return tuple(key.encode() for key in values)
+
+
+def _check(key: str, where: str) -> None:
+    if len(key) < MIN_KEY_LENGTH or any(c.isspace() or c == "," for c in key):
+        raise KeySettingError(f"Invalid value for {where}: expected at least {MIN_KEY_LENGTH} "
+                        "characters without spaces or commas")  # fmt: skip
+    if key.startswith(PLACEHOLDER):
+        raise KeySettingError(f"Invalid value for {where}: the example Secret's placeholder; "
+                        "put a real key in the Secret")  # fmt: skip
+
+
+def _matches(given: bytes, keys: tuple[bytes, ...]) -> bool:
+    """Whether `given` is one of `keys`, comparing with each in constant time."""
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(given, key)
+    return found
+
+
+def _bearer(headers: dict[bytes, bytes]) -> bytes | None:
+    """The token of an `Authorization: Bearer <token>` header, else None."""
+    scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+    return token.strip() or None if scheme.lower() == b"bearer" else None
+
+
+class Authenticate:
+    """ASGI middleware: the key check (see the module), answered before the body is read.
+
+    `drain` bounds how much of a refused body is read so that the client can
+    read its 401, as for the body limits (`service.limits.Drain`).
+    """
+
+    def __init__(self, app: App, keys: ApiKeys, drain: Drain) -> None:
+        self.app, self.keys, self.drain = app, keys, drain
+        self.open = OPEN | ({"/metrics"} if keys.metrics_open else set())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.keys.enabled:
+            await self.app(scope, receive, send)
+            return
+        path, headers = scope.get("path", ""), dict(scope.get("headers") or [])
+        refusal = None if path in self.open else self._refusal(path, headers)
+        if refusal is not None:
+            status, error = refusal
+            extra = (CHALLENGE,) if status == 401 else ()
+            await refuse_unread(headers, receive, send, status, error, self.drain, extra)
+        elif path == "/docs.json":
+            await self.app(scope, receive, _declaring_the_scheme(send))
+        else:
+            await self.app(scope, receive, send)
+
+    def _refusal(self, path: str, headers: dict[bytes, bytes]) -> tuple[int, str] | None:
+        """(401 or 403, why) when the request's key does not open `path`, else None."""
+        token = _bearer(headers)
+        if token is None:
+            return 401, "authorization: send an API key as `Authorization: Bearer <key>`"
+        admin = _matches(token, self.keys.admin)
+        if path in ADMIN:
+            if admin:
+                return None
+            if _matches(token, self.keys.keys):
+                return 403, f"{path}: an admin route; this key is not an admin key"
+            return 401, "authorization: the API key is not valid"
+        if admin or _matches(token, self.keys.keys):
+            return None
+        return 401, "authorization: the API key is not valid"
+
+
+def _declaring_the_scheme(send: Send) -> Send:
+    """`send`, with the OpenAPI document's body rewritten to declare the bearer scheme."""
+    held: list[Message] = []
+
+    async def rewriting(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            held.append(message)
+            return
+        held.append(message)
+        if message.get("more_body"):
+            return
+        start, body = held[0], b"".join(m.get("body", b"") for m in held[1:])
+        if start["status"] == 200:
+            body = _with_scheme(body)
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    return rewriting
+
+
+def _with_scheme(body: bytes) -> bytes:
+    """An OpenAPI document with `components.securitySchemes.bearer` and global `security`."""
+    try:
+        spec = json.loads(body)
+    except ValueError:
+        return body
+    spec.setdefault("components", {}).setdefault("securitySchemes", {}).update(SCHEME)
+    spec["security"] = [{"bearer": []}]
+    return json.dumps(spec).encode()
