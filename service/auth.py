@@ -30,6 +30,8 @@ from pathlib import Path
 
 from service.limits import App, Drain, Message, Receive, Scope, Send, refuse_unread
 
+VARIABLES = ("UQSERVE_API_KEYS", "UQSERVE_API_KEYS_FILE", "UQSERVE_ADMIN_KEYS",
+             "UQSERVE_ADMIN_KEYS_FILE", "UQSERVE_METRICS_OPEN")  # fmt: skip
 OPEN = frozenset({"/livez", "/readyz", "/v2/health/live", "/v2/health/ready"})
 ADMIN = frozenset({"/weights_digest"})
 MIN_KEY_LENGTH = 16

@@ -123,6 +123,21 @@ def served_bento(bento, tag, tmp_path_factory):
         yield base, workdir / "serve.log"
 
 
+API_KEY, ADMIN_KEY = "test-api-key-" + "k" * 16, "test-admin-key-" + "a" * 16
+
+
+@pytest.fixture(scope="session")
+def keyed_server(bento, tag, tmp_path_factory):
+    """The built bento served with API keys (`API_KEY`, admin `ADMIN_KEY`) and the test limits;
+    yields (base URL, its log)."""
+    from tests.serving import served
+
+    workdir = tmp_path_factory.mktemp("serve-keys")
+    env = {**SERVICE_LIMITS, "UQSERVE_API_KEYS": API_KEY, "UQSERVE_ADMIN_KEYS": ADMIN_KEY}
+    with served(bento, tag, workdir, **env) as (base, _):
+        yield base, workdir / "serve.log"
+
+
 @pytest.fixture(scope="session")
 def server(served_bento) -> str:
     """The base URL of `served_bento`."""

@@ -25,6 +25,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from service import auth
 from service.settings import ENV_PREFIX, ServiceSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,11 +243,27 @@ def test_uqserve_variables_are_service_settings(variant: str) -> None:
     deployment = _variant(variant)["Deployment"]
     env = {k: v for k, v in _env(_container(deployment)).items() if k.startswith(ENV_PREFIX)}
     fields = {ENV_PREFIX + name.upper() for name in ServiceSettings.model_fields}
-    assert env.keys() <= fields
+    assert env.keys() <= fields | set(auth.VARIABLES)
     assert {"UQSERVE_MODEL", "UQSERVE_WORKERS"} <= env.keys()
     ServiceSettings.from_env(env)
     # Service links would add UQSERVE_PORT, UQSERVE_SERVICE_HOST, ... for a Service "uqserve".
     assert deployment["spec"]["template"]["spec"]["enableServiceLinks"] is False
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_keys_come_from_the_variants_secret_whose_placeholders_are_refused(variant: str) -> None:
+    resources = _variant(variant)
+    deployment, secret = resources["Deployment"], resources["Secret"]
+    pod = deployment["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m["mountPath"] for m in _container(deployment)["volumeMounts"]}
+    assert volumes["api-keys"]["secret"]["secretName"] == secret["metadata"]["name"]
+    env = _env(_container(deployment))
+    files = {env["UQSERVE_API_KEYS_FILE"], env["UQSERVE_ADMIN_KEYS_FILE"]}
+    assert files == {f"{mounts['api-keys']}/{key}" for key in secret["stringData"]}
+    placeholder = {"UQSERVE_API_KEYS": secret["stringData"]["keys"].strip()}
+    with pytest.raises(auth.KeySettingError, match="placeholder"):
+        auth.ApiKeys.from_env(placeholder)
 
 
 def test_gpu_variant_requests_the_gpus_its_model_service_uses() -> None:
