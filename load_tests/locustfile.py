@@ -2,6 +2,8 @@
 Open Inference Protocol's /v2/models/<name>/infer as `tritonclient` sends it (binary data).
 
 Every response is checked; anything but a correct answer counts as a failure.
+With `UQSERVE_API_KEY` set (and `UQSERVE_ADMIN_KEY` for `DigestFlood`), every
+request carries it as `Authorization: Bearer <key>`.
 Images are real: scikit-learn's bundled digits written as PNG files under
 `payloads/` next to this file (made on first use, see `payloads.py`).
 

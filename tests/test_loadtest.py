@@ -26,7 +26,8 @@ def test_make_bench_runs_on_a_short_budget_with_no_failed_request(tag, bento, tm
         f"BENTO={bento}", f"BENCH_OUTPUT={output}",
         "BENCH_ARGS=--size 32 --samples 2 --batches 1 2 --repeats 1 --naive-passes 1 "
         "--base-weights none",
-        "USERS=4", "SPAWN_RATE=4", "DURATION=15s", "LOADTEST_ARGS=--inprocess-seconds 3",
+        "USERS=4", "SPAWN_RATE=4", "DURATION=15s",
+        "LOADTEST_ARGS=--inprocess-seconds 3 --auth --digest-flood 1",  # keys on, an admin polling
         "PEER_ARGS=--users 2 --duration 5s --warmup 2s --rounds 1",
     ]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
@@ -39,6 +40,7 @@ def test_make_bench_runs_on_a_short_budget_with_no_failed_request(tag, bento, tm
     summary = json.loads((served / "summary.json").read_text())
     assert summary["served"]["failures"] == 0
     assert summary["served"]["requests"] > 0
+    assert summary["auth"] is True and summary["digest_flood_users"] == 1
     tasks = summary["served"]["per_task"]
     assert set(tasks) == {"/predict [1 image]", "/predict [4 images]", "/predict_array",
                           "/v2/models/[model]/infer"}, tasks  # fmt: skip
