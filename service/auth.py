@@ -140,7 +140,7 @@ class Authenticate:
             extra = (CHALLENGE,) if status == 401 else ()
             await refuse_unread(headers, receive, send, status, error, self.drain, extra)
         elif path == "/docs.json":
-            await self.app(scope, receive, _declaring_the_scheme(send))
+            await self.app(scope, receive, _declaring_the_scheme(send, self.open))
         else:
             await self.app(scope, receive, send)
 
@@ -161,7 +161,7 @@ class Authenticate:
         return 401, "authorization: the API key is not valid"
 
 
-def _declaring_the_scheme(send: Send) -> Send:
+def _declaring_the_scheme(send: Send, open_paths: set[str] | frozenset[str]) -> Send:
     """`send`, with the OpenAPI document's body rewritten to declare the bearer scheme."""
     held: list[Message] = []
 
@@ -174,7 +174,7 @@ def _declaring_the_scheme(send: Send) -> Send:
             return
         start, body = held[0], b"".join(m.get("body", b"") for m in held[1:])
         if start["status"] == 200:
-            body = _with_scheme(body)
+            body = _with_scheme(body, open_paths)
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
         await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
@@ -182,12 +182,18 @@ def _declaring_the_scheme(send: Send) -> Send:
     return rewriting
 
 
-def _with_scheme(body: bytes) -> bytes:
-    """An OpenAPI document with `components.securitySchemes.bearer` and global `security`."""
+def _with_scheme(body: bytes, open_paths: set[str] | frozenset[str]) -> bytes:
+    """An OpenAPI document with `components.securitySchemes.bearer`, global `security`, and
+    none on the open paths' operations."""
     try:
         spec = json.loads(body)
     except ValueError:
         return body
     spec.setdefault("components", {}).setdefault("securitySchemes", {}).update(SCHEME)
     spec["security"] = [{"bearer": []}]
+    for path, operations in spec.get("paths", {}).items():
+        if path in open_paths and isinstance(operations, dict):
+            for operation in operations.values():
+                if isinstance(operation, dict):
+                    operation["security"] = []
     return json.dumps(spec).encode()

@@ -131,7 +131,8 @@ def test_docs_json_declares_the_bearer_scheme():
     sent = []
 
     async def app(scope, receive, send):
-        body = json.dumps({"openapi": "3.0.2", "paths": {}}).encode()
+        paths = {"/livez": {"get": {}}, "/predict": {"post": {}}}
+        body = json.dumps({"openapi": "3.0.2", "paths": paths}).encode()
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-length", str(len(body)).encode())]})  # fmt: skip
         await send({"type": "http.response.body", "body": body})
@@ -145,6 +146,8 @@ def test_docs_json_declares_the_bearer_scheme():
     spec = json.loads(sent[1]["body"])
     assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert spec["security"] == [{"bearer": []}]
+    assert spec["paths"]["/livez"]["get"]["security"] == []  # the probes stay open
+    assert "security" not in spec["paths"]["/predict"]["post"]  # the global one holds
     assert dict(sent[0]["headers"])[b"content-length"] == str(len(sent[1]["body"])).encode()
 
 
