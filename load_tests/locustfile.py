@@ -27,6 +27,7 @@ FILES = [p.read_bytes() for p in PATHS]
 PIXELS = pixel_arrays(PATHS)  # (H, W) uint8 each
 API_KEY, ADMIN_KEY = os.environ.get("UQSERVE_API_KEY"), os.environ.get("UQSERVE_ADMIN_KEY")
 FLOOD_USERS = int(os.environ.get("UQSERVE_DIGEST_FLOOD_USERS", "0"))
+FLOOD_PATH = os.environ.get("UQSERVE_FLOOD_PATH", "/weights_digest")  # /livez: a control
 
 
 def bearer(key: str | None) -> dict[str, str] | None:
@@ -161,7 +162,8 @@ class ServiceUser(FastHttpUser):
 class DigestFlood(FastHttpUser):
     """An admin polling `POST /weights_digest` ten times a second, per user: each call used to
     hash every weight; now it is served from memory between hashes (UQSERVE_DIGEST_INTERVAL_S).
-    Runs only with UQSERVE_DIGEST_FLOOD_USERS > 0 (its `fixed_count`)."""
+    Runs only with UQSERVE_DIGEST_FLOOD_USERS > 0 (its `fixed_count`). UQSERVE_FLOOD_PATH
+    names another route to poll (GET), as a control: what any request costs."""
 
     fixed_count = FLOOD_USERS
     weight = 1 if FLOOD_USERS else 0
@@ -170,8 +172,13 @@ class DigestFlood(FastHttpUser):
 
     @task
     def digest(self) -> None:
-        with self.client.post("/weights_digest", json={}, catch_response=True) as response:
-            if response.status_code != 200 or response.json().get("unchanged") is not True:
+        digest = FLOOD_PATH == "/weights_digest"
+        request = self.client.post(FLOOD_PATH, json={}, catch_response=True) if digest else (
+            self.client.get(FLOOD_PATH, catch_response=True))  # fmt: skip
+        with request as response:
+            if response.status_code != 200 or (
+                digest and response.json().get("unchanged") is not True
+            ):
                 response.failure(f"status {response.status_code}: {response.text[:200]}")
             else:
                 response.success()

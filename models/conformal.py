@@ -222,8 +222,9 @@ class ConformalCalibration(Frozen):
         """
         n = self.n
         alpha = float(alpha)
-        k = math.ceil((n + 1) * (1.0 - alpha - ALPHA_TOLERANCE)) if alpha < 1.0 else 0
-        if not alpha < 1.0 or k > n:
+        in_range = 0.0 < alpha < 1.0  # False for NaN and the infinities too
+        k = math.ceil((n + 1) * (1.0 - alpha - ALPHA_TOLERANCE)) if in_range else 0
+        if not in_range or k > n:
             low = self.alpha_range[0]
             raise AlphaError(
                 f"Invalid value for `alpha`: expected 1/(n+1)={low} <= alpha < 1 "

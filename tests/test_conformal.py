@@ -111,7 +111,7 @@ def test_one_score_answers_alpha_from_one_half():
     assert calibration.alpha_range == (0.5, 1.0)
     assert calibration.quantile(0.5) == 0.4  # k = ceil(2 * 0.5) = 1
     assert calibration.quantile(0.99) == 0.4
-    for alpha in (0.5 - 1e-8, 0.0, 1.0):
+    for alpha in (0.5 - 1e-8, 0.0, 1.0, -1.0, float("-inf"), float("inf"), float("nan")):
         with pytest.raises(ValueError, match=ALPHA_ERROR + r"0\.5 <= alpha < 1"):
             calibration.quantile(alpha)
 

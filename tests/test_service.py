@@ -230,7 +230,7 @@ def test_one_sample_uses_the_single_sample_calibration(client, tag):
     _check_response(response.json(), images=1, samples=1, tag=tag)
 
 
-@pytest.mark.parametrize("alpha", ["0.001", "1", "1.5", "-0.1", "0", "nan", "inf"])
+@pytest.mark.parametrize("alpha", ["0.001", "1", "1.5", "-0.1", "0", "nan", "inf", "-inf"])
 def test_alpha_outside_its_range_is_a_400_naming_the_range(client, alpha):
     response = client.post("/predict", files=_files(png(1)), data={"alpha": alpha})
     assert response.status_code == 400, response.text
