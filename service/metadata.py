@@ -1,4 +1,10 @@
-"""GET /metadata: what the served model is and what it accepts."""
+"""GET /metadata (what the served model is and what it accepts) and POST /weights_digest.
+
+Plain Starlette routes beside BentoML's API: under load a call through
+BentoML's API machinery cost the predictions several times what one of these
+does (docs/reliability.md, API keys), and the admin route must stay cheap
+however often it is called.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service.schemas import ModelMetadata
+from service.schemas import ModelMetadata, WeightsDigest
 
 
 async def metadata(request: Request) -> JSONResponse:
@@ -36,4 +42,18 @@ async def metadata(request: Request) -> JSONResponse:
     return JSONResponse(body.model_dump())
 
 
-metadata_routes = [Route("/metadata", metadata, methods=["GET"])]
+async def weights_digest(request: Request) -> JSONResponse:
+    """SHA-256 of the served weights, computed at most once per UQSERVE_DIGEST_INTERVAL_S (the
+    last result in between, with its time), and at load: serving must never change them."""
+    digest = bentoml.get_current_service().digest
+    now = await digest.get()
+    body = WeightsDigest(sha256=now.sha256, loaded_sha256=digest.loaded.sha256,
+                         unchanged=now.sha256 == digest.loaded.sha256,
+                         computed_at=now.computed_at, age_s=now.age())  # fmt: skip
+    return JSONResponse(body.model_dump())
+
+
+metadata_routes = [
+    Route("/metadata", metadata, methods=["GET"]),
+    Route("/weights_digest", weights_digest, methods=["POST"]),
+]

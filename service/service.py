@@ -56,7 +56,6 @@ from service.schemas import (
     PredictionResponse,
     Samples,
     Seed,
-    WeightsDigest,
 )
 from service.settings import ServiceSettings
 
@@ -213,15 +212,6 @@ class ApiService:
             return await self._answer(prepare)
         except (BadInput, ImageError) as error:
             return _bad(error)
-
-    @bentoml.api(route="/weights_digest")
-    async def weights_digest(self) -> WeightsDigest:
-        """SHA-256 of the served weights, computed at most once per UQSERVE_DIGEST_INTERVAL_S
-        (the last result in between, with its time): serving must never change them."""
-        now = await self.digest.get()
-        return WeightsDigest(sha256=now.sha256, loaded_sha256=self.digest.loaded.sha256,
-                             unchanged=now.sha256 == self.digest.loaded.sha256,
-                             computed_at=now.computed_at, age_s=now.age())  # fmt: skip
 
 
 ApiService.add_asgi_middleware(Authenticate, keys=KEYS,
