@@ -51,6 +51,7 @@ def test_the_service_log_carries_no_tensorflow_start_up_noise(served_bento):
     assert "uqserve" in text or "Starting production" in text, text[-2000:]  # a real log
     for noise in ("cuInit", "absl::InitializeLog", "cuda drivers", "oneDNN custom operations"):
         assert noise not in text, noise
+    assert text.count("API keys are off: every route is open") == 1  # said once, at start-up
 
 
 def test_missing_model_stops_start_up_naming_the_tag_and_the_fix():
