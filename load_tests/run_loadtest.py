@@ -207,9 +207,11 @@ class RunKeys:
         self.key, self.admin = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
 
     def service_env(self) -> dict[str, str]:
+        """The service's key variables."""
         return {"UQSERVE_API_KEYS": self.key, "UQSERVE_ADMIN_KEYS": self.admin}
 
     def locust_env(self) -> dict[str, str]:
+        """The variables Locust's users read their keys from."""
         return {"UQSERVE_API_KEY": self.key, "UQSERVE_ADMIN_KEY": self.admin}
 
 

@@ -6,8 +6,10 @@ Secret), admin keys from `UQSERVE_ADMIN_KEYS` / `UQSERVE_ADMIN_KEYS_FILE`.
 With none set the service is open, as a model server behind a gateway
 usually is, and says so once at start-up.
 
-With keys set, an ASGI middleware in front of everything else (the body
-limits included) answers, before any of the body is read or parsed:
+With keys set, an ASGI middleware in front of the service's own middlewares
+(the body limits included) and of every route answers, before any of the
+body is read or parsed (BentoML's metrics, tracing, access-log and timeout
+middlewares run first):
 
     /livez, /readyz, /v2/health/live, /v2/health/ready    open (probes)
     /metrics                                              open if UQSERVE_METRICS_OPEN=true
@@ -37,6 +39,7 @@ ADMIN = frozenset({"/weights_digest"})
 MIN_KEY_LENGTH = 16
 PLACEHOLDER = "REPLACE-"  # the example Secret's keys start so, and are refused
 CHALLENGE = (b"www-authenticate", b'Bearer realm="uqserve"')
+REFUSED_DRAIN = Drain(1024 * 1024, seconds=5.0, idle_seconds=2.0)  # past it: closed unread
 SCHEME = {"bearer": {"type": "http", "scheme": "bearer", "description": "An API key."}}
 
 
@@ -54,6 +57,7 @@ class ApiKeys:
 
     @property
     def enabled(self) -> bool:
+        """Whether any key is set: the service requires one."""
         return bool(self.keys or self.admin)
 
     @classmethod
@@ -81,27 +85,31 @@ class ApiKeys:
 def _read(environ: Mapping[str, str], name: str) -> tuple[bytes, ...]:
     """The keys of `name` (comma-separated) and of the file `name`_FILE (one per line)."""
     values = [k.strip() for k in environ.get(name, "").split(",") if k.strip()]
+    for index, key in enumerate(values):
+        _check(key, f"{name} (key {index + 1} of {len(values)})")
     source = f"{name}_FILE"
     if path := environ.get(source, "").strip():
         try:
             lines = Path(path).read_text().splitlines()
         except OSError as error:
             raise KeySettingError(f"{source}: cannot read {path} ({error.strerror})") from None
-        values += [k.strip() for k in lines if k.strip() and not k.strip().startswith("#")]
-        if not lines:
+        found = [k.strip() for k in lines if k.strip() and not k.strip().startswith("#")]
+        if not found:  # a Secret with every line commented out must not turn the keys off
             raise KeySettingError(f"{source}: {path} holds no key")
-    for index, key in enumerate(values):
-        _check(key, f"{name} (key {index + 1} of {len(values)}, with {source})")
+        for index, key in enumerate(found):
+            _check(key, f"{source} (key {index + 1} of {len(found)} in {path})")
+        values += found
     return tuple(key.encode() for key in values)
 
 
 def _check(key: str, where: str) -> None:
+    """Refuse a short key, one with spaces or commas, or the example's placeholder."""
     if len(key) < MIN_KEY_LENGTH or any(c.isspace() or c == "," for c in key):
         raise KeySettingError(f"Invalid value for {where}: expected at least {MIN_KEY_LENGTH} "
-                        "characters without spaces or commas")  # fmt: skip
+                              "characters without spaces or commas")  # fmt: skip
     if key.startswith(PLACEHOLDER):
         raise KeySettingError(f"Invalid value for {where}: the example Secret's placeholder; "
-                        "put a real key in the Secret")  # fmt: skip
+                              "put a real key in the Secret")  # fmt: skip
 
 
 def _matches(given: bytes, keys: tuple[bytes, ...]) -> bool:
@@ -110,6 +118,12 @@ def _matches(given: bytes, keys: tuple[bytes, ...]) -> bool:
     for key in keys:
         found |= hmac.compare_digest(given, key)
     return found
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the router matches: `path` less the `root_path` a proxy or mount put before it."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    return path[len(root) :] or "/" if root and path.startswith(root) else path
 
 
 def _bearer(headers: dict[bytes, bytes]) -> bytes | None:
@@ -122,18 +136,23 @@ class Authenticate:
     """ASGI middleware: the key check (see the module), answered before the body is read.
 
     `drain` bounds how much of a refused body is read so that the client can
-    read its 401, as for the body limits (`service.limits.Drain`).
+    read its 401 (`service.limits.Drain`); by default `REFUSED_DRAIN`, small: a
+    client without a key gets little of the server's time.
     """
 
-    def __init__(self, app: App, keys: ApiKeys, drain: Drain) -> None:
-        self.app, self.keys, self.drain = app, keys, drain
+    def __init__(self, app: App, keys: ApiKeys, drain: Drain | None = None) -> None:
+        self.app, self.keys, self.drain = app, keys, drain or REFUSED_DRAIN
         self.open = OPEN | ({"/metrics"} if keys.metrics_open else set())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys.enabled:
+        """Pass an allowed request on; answer any other before reading its body."""
+        if scope["type"] == "lifespan" or not self.keys.enabled:
             await self.app(scope, receive, send)
             return
-        path, headers = scope.get("path", ""), dict(scope.get("headers") or [])
+        if scope["type"] != "http":  # a WebSocket: no route takes one; refused, not let past
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        path, headers = _route_path(scope), dict(scope.get("headers") or [])
         refusal = None if path in self.open else self._refusal(path, headers)
         if refusal is not None:
             status, error = refusal

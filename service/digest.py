@@ -22,36 +22,35 @@ class Digest:
 
     sha256: str
     computed_at: str  # ISO 8601, UTC
-    monotonic: float
-
-    def age(self) -> float:
-        """Seconds since it was computed."""
-        return time.monotonic() - self.monotonic
-
-
-def _now(sha256: str) -> Digest:
-    return Digest(
-        sha256, datetime.now(timezone.utc).isoformat(timespec="seconds"), time.monotonic()
-    )
+    clock: float  # the cache's clock then
 
 
 class DigestCache:
     """`await cache.get()`: the last digest while younger than `interval_s`, else a new one.
 
     `compute` (blocking) runs once at construction (the digest at load) and
-    then at most once per `interval_s`, one call at a time.
+    then at most once per `interval_s` of `clock`, one call at a time.
     """
 
-    def __init__(self, compute: Callable[[], str], interval_s: float) -> None:
-        self._compute, self.interval_s = compute, interval_s
-        self.loaded = _now(compute())
+    def __init__(self, compute: Callable[[], str], interval_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self._compute, self.interval_s, self._clock = compute, interval_s, clock
+        self.loaded = self._stamp(compute())
         self._last, self._lock = self.loaded, anyio.Lock()
-        self.computed = 1  # how many times the weights were hashed
+
+    def _stamp(self, sha256: str) -> Digest:
+        """A digest computed now."""
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        return Digest(sha256, now, self._clock())
+
+    def age(self, digest: Digest) -> float:
+        """Seconds since `digest` was computed."""
+        return self._clock() - digest.clock
 
     async def get(self) -> Digest:
         """The current digest (recomputed when the last is `interval_s` old or older)."""
         async with self._lock:
-            if self.interval_s == 0 or self._last.age() >= self.interval_s:
+            if self.interval_s == 0 or self.age(self._last) >= self.interval_s:
                 sha256 = await anyio.to_thread.run_sync(self._compute)
-                self._last, self.computed = _now(sha256), self.computed + 1
+                self._last = self._stamp(sha256)
             return self._last

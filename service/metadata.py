@@ -49,7 +49,7 @@ async def weights_digest(request: Request) -> JSONResponse:
     now = await digest.get()
     body = WeightsDigest(sha256=now.sha256, loaded_sha256=digest.loaded.sha256,
                          unchanged=now.sha256 == digest.loaded.sha256,
-                         computed_at=now.computed_at, age_s=now.age())  # fmt: skip
+                         computed_at=now.computed_at, age_s=digest.age(now))  # fmt: skip
     return JSONResponse(body.model_dump())
 
 

@@ -47,7 +47,7 @@ from service.batching import Batcher, Overloaded
 from service.decoding import BadInput, check_array
 from service.digest import DigestCache
 from service.errors import ValidationErrors, overloaded
-from service.limits import Drain, RequestLimits
+from service.limits import RequestLimits
 from service.metadata import metadata_routes
 from service.metrics import observe
 from service.schemas import (
@@ -214,8 +214,7 @@ class ApiService:
             return _bad(error)
 
 
-ApiService.add_asgi_middleware(Authenticate, keys=KEYS,
-                               drain=Drain.for_limit(SETTINGS.max_request_bytes))  # fmt: skip
+ApiService.add_asgi_middleware(Authenticate, keys=KEYS)
 ApiService.add_asgi_middleware(ValidationErrors)
 ApiService.add_asgi_middleware(
     RequestLimits, max_bytes=SETTINGS.max_request_bytes, max_files=SETTINGS.max_images

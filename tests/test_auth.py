@@ -45,6 +45,23 @@ def _call(keys: ApiKeys, path: str, token: str | None, body: bytes = b"") -> tup
 ON = ApiKeys((KEY.encode(),), (ADMIN_KEY.encode(),))
 
 
+def _call_with(keys: ApiKeys, path: str, authorization: bytes) -> int:
+    """The status for one GET with this exact Authorization header."""
+    sent = []
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": path,
+             "headers": [(b"authorization", authorization)]}  # fmt: skip
+    asyncio.run(Authenticate(app, keys, Drain(1000))(scope, None, send))
+    return sent[0]["status"]
+
+
 @pytest.mark.parametrize("path", ROUTES)
 def test_every_route_without_with_a_wrong_and_with_a_right_key(path):
     open_route, admin_route = path in OPEN, path in ADMIN
@@ -106,7 +123,7 @@ def test_keys_from_variables_and_a_file(tmp_path):
     ("environ", "names"),
     [
         ({"UQSERVE_API_KEYS": "short"}, "UQSERVE_API_KEYS (key 1 of 1"),
-        ({"UQSERVE_ADMIN_KEYS": f"{KEY},with space in it!!"}, "UQSERVE_ADMIN_KEYS (key 2 of 2"),
+        ({"UQSERVE_ADMIN_KEYS": f"{KEY},with space in it!!"}, "UQSERVE_ADMIN_KEYS (key 2 of 2)"),
         ({"UQSERVE_API_KEYS": "REPLACE-WITH-A-REAL-KEY-0000"}, "placeholder"),
         ({"UQSERVE_API_KEYS_FILE": "/no/such/file"}, "UQSERVE_API_KEYS_FILE: cannot read"),
         ({"UQSERVE_METRICS_OPEN": "yes"}, "UQSERVE_METRICS_OPEN"),
@@ -116,15 +133,64 @@ def test_a_bad_key_setting_names_the_variable_never_the_key(environ, names):
     with pytest.raises(KeySettingError) as raised:
         ApiKeys.from_env(environ)
     assert names in str(raised.value)
-    for value in environ.values():
-        if value.startswith(("short", "REPLACE", KEY)):
-            assert value not in str(raised.value)
+    for key in (k for value in environ.values() for k in value.split(",")):
+        if key.startswith(("short", "REPLACE", "with")):
+            assert key not in str(raised.value)
 
 
-def test_an_empty_key_file_is_refused(tmp_path):
-    (tmp_path / "keys").write_text("")
+@pytest.mark.parametrize("text", ["", "\n", "# every key revoked\n\n"])
+def test_a_key_file_without_a_key_stops_start_up_rather_than_opening(tmp_path, text):
+    (tmp_path / "keys").write_text(text)
     with pytest.raises(KeySettingError, match="holds no key"):
         ApiKeys.from_env({"UQSERVE_API_KEYS_FILE": str(tmp_path / "keys")})
+
+
+def test_a_bad_key_in_the_file_is_named_by_the_file(tmp_path):
+    (tmp_path / "keys").write_text(f"{KEY}\nshort\n")
+    with pytest.raises(KeySettingError, match=r"UQSERVE_API_KEYS_FILE \(key 2 of 2 in "):
+        ApiKeys.from_env(
+            {"UQSERVE_API_KEYS": OTHER, "UQSERVE_API_KEYS_FILE": str(tmp_path / "keys")}
+        )
+
+
+def test_a_root_path_does_not_hide_the_admin_route():
+    """Behind a proxy or mount that sets root_path, the admin route is still the admin route."""
+    sent = []
+
+    async def app(scope, receive, send):
+        raise AssertionError("the app ran")
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "method": "POST", "path": "/api/weights_digest", "root_path": "/api",
+             "headers": [(b"authorization", b"Bearer " + KEY.encode())]}  # fmt: skip
+    asyncio.run(Authenticate(app, ON, Drain(1000))(scope, receive, send))
+    assert sent[0]["status"] == 403
+
+
+def test_a_websocket_is_refused_with_keys_on():
+    sent = []
+
+    async def app(scope, receive, send):
+        raise AssertionError("the app ran")
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(
+        Authenticate(app, ON)({"type": "websocket", "path": "/x", "headers": []}, None, send)
+    )
+    assert sent == [{"type": "websocket.close", "code": 1008}]
+
+
+def test_lowercase_bearer_and_spaces_are_read():
+    assert _call(ON, "/metadata", None)[0] == 401
+    status = _call_with(ON, "/metadata", b"bearer   " + KEY.encode())
+    assert status == 200
 
 
 def test_docs_json_declares_the_bearer_scheme():
@@ -152,7 +218,9 @@ def test_docs_json_declares_the_bearer_scheme():
 
 
 def test_the_digest_is_computed_at_most_once_per_interval():
-    calls, lock = [], threading.Lock()
+    """A fake clock: within the interval every caller gets the last digest; past it, 200
+    concurrent callers share one new hash; at interval 0 every call hashes, one at a time."""
+    calls, lock, now = [], threading.Lock(), [0.0]
 
     def compute() -> str:
         with lock:
@@ -162,8 +230,12 @@ def test_the_digest_is_computed_at_most_once_per_interval():
     async def flood(cache: DigestCache, n: int) -> list[str]:
         return [d.sha256 for d in await asyncio.gather(*(cache.get() for _ in range(n)))]
 
-    cache = DigestCache(compute, interval_s=3600)  # one hash at load
+    cache = DigestCache(compute, interval_s=60, clock=lambda: now[0])  # one hash at load
     assert set(asyncio.run(flood(cache, 200))) == {"digest-1"} and len(calls) == 1
-    assert cache.loaded.computed_at and cache.loaded.age() >= 0
+    now[0] = 59.9
+    assert set(asyncio.run(flood(cache, 200))) == {"digest-1"} and len(calls) == 1
+    now[0] = 60.0
+    assert set(asyncio.run(flood(cache, 200))) == {"digest-2"} and len(calls) == 2
+    assert cache.age(cache.loaded) == 60.0 and cache.loaded.computed_at
     fresh = DigestCache(compute, interval_s=0)  # every call hashes, one at a time
-    assert asyncio.run(flood(fresh, 5)) == [f"digest-{i}" for i in range(3, 8)]
+    assert asyncio.run(flood(fresh, 5)) == [f"digest-{i}" for i in range(4, 9)]

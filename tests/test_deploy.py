@@ -161,7 +161,8 @@ def test_kubernetes_validate_has_the_schemas_of_the_stated_version() -> None:
 def test_kustomization_applies_every_manifest_and_names_the_image(variant: str) -> None:
     kustomization = _documents(K8S / variant / "kustomization.yaml")[0]
     assert kustomization["kind"] == "Kustomization"
-    assert set(kustomization["resources"]) == {p.name for p in _manifest_files(K8S / variant)}
+    applied = {p.name for p in _manifest_files(K8S / variant) if ".example." not in p.name}
+    assert set(kustomization["resources"]) == applied  # examples (the Secret) are not applied
     image = _container(_variant(variant)["Deployment"])["image"].split(":")[0]
     assert [entry["name"] for entry in kustomization["images"]] == [image]
 
@@ -251,7 +252,9 @@ def test_uqserve_variables_are_service_settings(variant: str) -> None:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_keys_come_from_the_variants_secret_whose_placeholders_are_refused(variant: str) -> None:
+def test_keys_come_from_the_variants_secret_whose_placeholders_are_refused(
+    variant: str, tmp_path: Path
+) -> None:
     resources = _variant(variant)
     deployment, secret = resources["Deployment"], resources["Secret"]
     pod = deployment["spec"]["template"]["spec"]
@@ -261,9 +264,15 @@ def test_keys_come_from_the_variants_secret_whose_placeholders_are_refused(varia
     env = _env(_container(deployment))
     files = {env["UQSERVE_API_KEYS_FILE"], env["UQSERVE_ADMIN_KEYS_FILE"]}
     assert files == {f"{mounts['api-keys']}/{key}" for key in secret["stringData"]}
-    placeholder = {"UQSERVE_API_KEYS": secret["stringData"]["keys"].strip()}
+    for key, text in secret["stringData"].items():  # as mounted: one file per key
+        (tmp_path / key).write_text(text)
+    mounted = {name: str(tmp_path / Path(path).name) for name, path in env.items()
+               if name.endswith("_KEYS_FILE")}  # fmt: skip
     with pytest.raises(auth.KeySettingError, match="placeholder"):
-        auth.ApiKeys.from_env(placeholder)
+        auth.ApiKeys.from_env(mounted)
+    (tmp_path / "keys").write_text("a-real-key-" + "x" * 20 + "\n")
+    with pytest.raises(auth.KeySettingError, match=r"UQSERVE_ADMIN_KEYS_FILE .*placeholder"):
+        auth.ApiKeys.from_env(mounted)  # the admin placeholder, still in place
 
 
 def test_gpu_variant_requests_the_gpus_its_model_service_uses() -> None:
