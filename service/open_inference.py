@@ -311,18 +311,16 @@ def output_tensors(answer: PredictionResponse, classes: list[str]) -> dict[str, 
     def column(field: str, dtype: str) -> np.ndarray:
         return np.array([getattr(item, field) for item in p], dtype)
 
-    tensors = {
-        "probabilities": np.array([item.probabilities for item in p], np.float32).reshape(
-            -1, len(classes)
-        ),
-        "variance": np.array([item.variance for item in p], np.float32).reshape(-1, len(classes)),
+    tensors = {  # a request holds at least one image: no empty (0, C) shapes to guard
+        "probabilities": column("probabilities", "float32"),  # (N, C)
+        "variance": column("variance", "float32"),
         **{field: column(field, "float32") for field in PER_IMAGE},
         "uncertain": column("uncertain", "bool"),
         "class_index": column("class_index", "int64"),
         "set_size": np.array([item.set_size or 0 for item in p], np.int64),
         "prediction_set": np.array(
             [[c in (item.prediction_set or ()) for c in classes] for item in p], bool
-        ).reshape(-1, len(classes)),
+        ),
         "ood_score": np.array(
             [np.nan if item.ood_score is None else item.ood_score for item in p], np.float32
         ),

@@ -87,10 +87,11 @@ def test_metrics_can_be_left_open():
     assert _call(keys, "/metadata", None)[0] == 401
 
 
-def test_another_scheme_is_a_401_naming_bearer_and_never_showing_the_key():
+def _refused(scope: dict) -> list[dict]:
+    """Every message the middleware (keys `ON`) sends for `scope`, to an app that must not run."""
     sent = []
 
-    async def app(scope, receive, send):  # never reached
+    async def app(scope, receive, send):
         raise AssertionError("the app ran")
 
     async def receive():
@@ -99,9 +100,14 @@ def test_another_scheme_is_a_401_naming_bearer_and_never_showing_the_key():
     async def send(message):
         sent.append(message)
 
+    asyncio.run(Authenticate(app, ON, Drain(1000))(scope, receive, send))
+    return sent
+
+
+def test_another_scheme_is_a_401_naming_bearer_and_never_showing_the_key():
     scope = {"type": "http", "method": "GET", "path": "/metadata",
              "headers": [(b"authorization", b"Basic " + KEY.encode())]}  # fmt: skip
-    asyncio.run(Authenticate(app, ON, Drain(1000))(scope, receive, send))
+    sent = _refused(scope)
     body = b"".join(m.get("body", b"") for m in sent)
     assert sent[0]["status"] == 401 and KEY.encode() not in body
     assert "Bearer" in json.loads(body)["error"]
@@ -155,35 +161,13 @@ def test_a_bad_key_in_the_file_is_named_by_the_file(tmp_path):
 
 def test_a_root_path_does_not_hide_the_admin_route():
     """Behind a proxy or mount that sets root_path, the admin route is still the admin route."""
-    sent = []
-
-    async def app(scope, receive, send):
-        raise AssertionError("the app ran")
-
-    async def send(message):
-        sent.append(message)
-
-    async def receive():
-        return {"type": "http.request", "body": b"", "more_body": False}
-
     scope = {"type": "http", "method": "POST", "path": "/api/weights_digest", "root_path": "/api",
              "headers": [(b"authorization", b"Bearer " + KEY.encode())]}  # fmt: skip
-    asyncio.run(Authenticate(app, ON, Drain(1000))(scope, receive, send))
-    assert sent[0]["status"] == 403
+    assert _refused(scope)[0]["status"] == 403
 
 
 def test_a_websocket_is_refused_with_keys_on():
-    sent = []
-
-    async def app(scope, receive, send):
-        raise AssertionError("the app ran")
-
-    async def send(message):
-        sent.append(message)
-
-    asyncio.run(
-        Authenticate(app, ON)({"type": "websocket", "path": "/x", "headers": []}, None, send)
-    )
+    sent = _refused({"type": "websocket", "path": "/x", "headers": []})
     assert sent == [{"type": "websocket.close", "code": 1008}]
 
 
